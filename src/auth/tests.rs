@@ -1,0 +1,659 @@
+//! Authentication decided end to end in the core: real tokens, real keys, the pipeline's
+//! verdicts. (Integration tests repeat the important ones inside real Envoy.)
+
+use std::cell::Cell;
+
+use serde_json::json;
+
+use super::testkeys::*;
+use super::*;
+use crate::auth::jwks::Jwk;
+use crate::auth::jws::Jws;
+use crate::auth::verify::{PortableVerifier, SignatureError};
+use crate::config;
+use crate::pipeline::{decide, Decision};
+
+const NOW_MS: u64 = 1_700_000_000_000;
+const HMAC_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn config_with(extra_provider_fields: serde_json::Value, rules: serde_json::Value) -> Config {
+    let jwks = jwks_json(&[
+        rsa_jwk("rsa1"),
+        ec_jwk("ec1"),
+        ed_jwk("ed1"),
+        oct_jwk("hs1", HMAC_SECRET),
+    ]);
+    let mut corp = json!({
+        "issuer": "https://idp.test",
+        "audiences": ["orders"],
+        "local_jwks": {"inline": jwks},
+        "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}, {"claim_name": "roles", "header_name": "x-roles"}],
+        "forward_payload_header": "x-jwt-payload"
+    });
+    if let (Some(base), Some(extra)) = (corp.as_object_mut(), extra_provider_fields.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    let partner_jwks = jwks_json(&[oct_jwk("p1", b"partner-secret-partner-secret-32b")]);
+    let document = json!({
+        "providers": {
+            "corp": corp,
+            "partner": {"issuer": "https://partner.test", "local_jwks": {"inline": partner_jwks},
+                         "from_headers": [{"name": "x-partner-token"}]}
+        },
+        "rules": rules,
+    });
+    config::parse(document.to_string().as_bytes()).unwrap()
+}
+
+fn default_rules() -> serde_json::Value {
+    json!([
+        {"name": "health", "match": {"path": "/healthz"}, "allow_unauthenticated": true},
+        {"name": "either", "match": {"prefix": "/either"}, "requires": {"any": ["corp", "partner"]}},
+        {"name": "both", "match": {"prefix": "/both"}, "requires": {"all": ["corp", "partner"]}},
+        {"name": "optional", "match": {"prefix": "/optional"}, "requires": {"any": ["corp"], "allow_missing": true}},
+        {"name": "api", "match": {"prefix": "/api/"}, "requires": "corp"}
+    ])
+}
+
+fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+    Request::new(
+        "GET",
+        path,
+        "svc",
+        headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn run(config: &Config, req: &Request) -> Decision {
+    let keys = KeyStore::new(config);
+    let env = AuthEnv {
+        config,
+        keys: &keys,
+        verifier: &PortableVerifier,
+        now_ms: NOW_MS,
+    };
+    decide(&env, &mut TokenCache::default(), req)
+}
+
+fn valid_claims() -> jwt_simple::prelude::JWTClaims<serde_json::Value> {
+    let mut claims = claims(json!({"roles": ["read", "write"]}), 3600);
+    let now = jwt_simple::prelude::Duration::from_secs(NOW_MS / 1000);
+    claims.issued_at = Some(now);
+    claims.invalid_before = Some(now);
+    claims.expires_at = Some(now + jwt_simple::prelude::Duration::from_secs(3600));
+    claims
+}
+
+fn hs_token(payload: serde_json::Value) -> String {
+    hs256_token(
+        r#"{"alg":"HS256","kid":"hs1","typ":"JWT"}"#,
+        &payload.to_string(),
+        HMAC_SECRET,
+    )
+}
+
+fn base_payload() -> serde_json::Value {
+    json!({"iss": "https://idp.test", "sub": "alice", "aud": "orders", "exp": NOW_MS / 1000 + 600})
+}
+
+fn status(decision: &Decision) -> u32 {
+    match decision {
+        Decision::Allow(_) => 200,
+        Decision::Deny { reply, .. } => reply.status,
+        Decision::AwaitKeys(_) => 0,
+    }
+}
+
+fn reason(decision: &Decision) -> String {
+    match decision {
+        Decision::Deny { reply, .. } => reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn valid_tokens_of_every_asymmetric_algorithm_are_allowed() {
+    let config = config_with(json!({}), default_rules());
+    for token in [
+        rs256_token("rsa1", valid_claims()),
+        es256_token("ec1", valid_claims()),
+        eddsa_token("ed1", valid_claims()),
+        hs_token(base_payload()),
+    ] {
+        let decision = run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&token))]),
+        );
+        assert_eq!(status(&decision), 200, "{}", reason(&decision));
+    }
+}
+
+#[test]
+fn allowed_requests_get_claim_headers_and_lose_the_token() {
+    let config = config_with(json!({}), default_rules());
+    let token = es256_token("ec1", valid_claims());
+    let decision = run(
+        &config,
+        &request(
+            "/api/x",
+            &[("authorization", &bearer(&token)), ("x-user", "mallory")],
+        ),
+    );
+    let Decision::Allow(allowed) = decision else {
+        panic!("{decision:?}")
+    };
+    assert!(allowed
+        .mutations
+        .remove
+        .contains(&"authorization".to_string()));
+    assert!(allowed.mutations.remove.contains(&"x-user".to_string()));
+    assert!(allowed
+        .mutations
+        .set
+        .contains(&("x-user".into(), "alice".into())));
+    assert!(allowed
+        .mutations
+        .set
+        .contains(&("x-roles".into(), "read,write".into())));
+    let payload = token.split('.').nth(1).unwrap();
+    assert!(allowed
+        .mutations
+        .set
+        .contains(&("x-jwt-payload".into(), payload.into())));
+    assert_eq!(allowed.identities[0].subject.as_deref(), Some("alice"));
+}
+
+#[test]
+fn forward_true_keeps_the_token() {
+    let config = config_with(json!({"forward": true}), default_rules());
+    let token = es256_token("ec1", valid_claims());
+    let Decision::Allow(allowed) = run(
+        &config,
+        &request("/api/x", &[("authorization", &bearer(&token))]),
+    ) else {
+        panic!()
+    };
+    assert!(!allowed
+        .mutations
+        .remove
+        .contains(&"authorization".to_string()));
+}
+
+#[test]
+fn spoofed_output_headers_are_removed_even_on_unauthenticated_rules() {
+    let config = config_with(json!({}), default_rules());
+    let Decision::Allow(allowed) = run(
+        &config,
+        &request("/healthz", &[("x-user", "admin"), ("x-jwt-payload", "e30")]),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        allowed.mutations.remove,
+        vec!["x-user".to_string(), "x-jwt-payload".to_string()]
+    );
+}
+
+#[test]
+fn token_in_a_query_parameter_is_removed_from_the_path() {
+    let config = config_with(json!({}), default_rules());
+    let token = hs_token(base_payload());
+    let Decision::Allow(allowed) = run(
+        &config,
+        &request(&format!("/api/x?a=1&access_token={token}"), &[]),
+    ) else {
+        panic!()
+    };
+    assert_eq!(allowed.mutations.path.as_deref(), Some("/api/x?a=1"));
+}
+
+#[test]
+fn missing_token_gets_401_with_the_rule_as_realm() {
+    let config = config_with(json!({}), default_rules());
+    let decision = run(&config, &request("/api/x", &[]));
+    assert_eq!(status(&decision), 401);
+    assert_eq!(reason(&decision), r#"Bearer realm="api""#);
+}
+
+#[test]
+fn unmatched_requests_get_403_by_default() {
+    let config = config_with(json!({}), default_rules());
+    assert_eq!(status(&run(&config, &request("/elsewhere", &[]))), 403);
+}
+
+#[test]
+fn refused_tokens_get_401_invalid_token_with_the_reason() {
+    let config = config_with(json!({}), default_rules());
+    let now = NOW_MS / 1000;
+    let cases = [
+        (
+            hs_token(json!({"iss": "https://idp.test", "aud": "orders", "exp": now - 61})),
+            "token is expired",
+        ),
+        (
+            hs_token(
+                json!({"iss": "https://idp.test", "aud": "orders", "exp": now + 600, "nbf": now + 61}),
+            ),
+            "token is not yet valid",
+        ),
+        (
+            hs_token(json!({"iss": "https://evil.test", "aud": "orders", "exp": now + 600})),
+            "token issuer is not accepted",
+        ),
+        (
+            hs_token(json!({"aud": "orders", "exp": now + 600})),
+            "token issuer is not accepted",
+        ),
+        (
+            hs256_token(
+                r#"{"alg":"HS256","kid":"nope"}"#,
+                &base_payload().to_string(),
+                HMAC_SECRET,
+            ),
+            "token key id is not known",
+        ),
+        (
+            hs256_token(
+                r#"{"alg":"HS256","kid":"hs1"}"#,
+                &base_payload().to_string(),
+                b"wrong-secret-wrong-secret-wrong-s",
+            ),
+            "token signature does not verify",
+        ),
+        (
+            raw_token(r#"{"alg":"none"}"#, &base_payload().to_string(), b"x"),
+            "token algorithm is not allowed",
+        ),
+        ("not-a-jwt".to_string(), "token is malformed"),
+    ];
+    for (token, expected) in cases {
+        let decision = run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&token))]),
+        );
+        assert_eq!(status(&decision), 401, "{expected}");
+        assert_eq!(
+            reason(&decision),
+            format!(r#"Bearer error="invalid_token", error_description="{expected}""#)
+        );
+    }
+}
+
+#[test]
+fn clock_skew_is_honoured_at_both_ends() {
+    let config = config_with(json!({"clock_skew": "60s"}), default_rules());
+    let now = NOW_MS / 1000;
+    let just_expired =
+        hs_token(json!({"iss": "https://idp.test", "aud": "orders", "exp": now - 59}));
+    let almost_valid = hs_token(
+        json!({"iss": "https://idp.test", "aud": "orders", "exp": now + 600, "nbf": now + 59}),
+    );
+    for token in [just_expired, almost_valid] {
+        assert_eq!(
+            status(&run(
+                &config,
+                &request("/api/x", &[("authorization", &bearer(&token))])
+            )),
+            200
+        );
+    }
+}
+
+#[test]
+fn require_expiration_refuses_tokens_without_exp() {
+    let token = hs_token(json!({"iss": "https://idp.test", "aud": "orders"}));
+    let lenient = config_with(json!({}), default_rules());
+    assert_eq!(
+        status(&run(
+            &lenient,
+            &request("/api/x", &[("authorization", &bearer(&token))])
+        )),
+        200
+    );
+    let strict = config_with(json!({"require_expiration": true}), default_rules());
+    let decision = run(
+        &strict,
+        &request("/api/x", &[("authorization", &bearer(&token))]),
+    );
+    assert!(reason(&decision).contains("token has no expiration"));
+}
+
+#[test]
+fn wrong_audience_gets_403_insufficient_scope() {
+    let config = config_with(json!({}), default_rules());
+    for aud in [
+        Some(json!("billing")),
+        Some(json!(["billing", "x"])),
+        Some(json!([])),
+        None,
+    ] {
+        let mut payload = base_payload();
+        match aud {
+            Some(aud) => payload["aud"] = aud,
+            None => drop(payload.as_object_mut().unwrap().remove("aud")),
+        }
+        let decision = run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&hs_token(payload)))]),
+        );
+        assert_eq!(status(&decision), 403);
+        assert_eq!(reason(&decision), r#"Bearer error="insufficient_scope""#);
+    }
+    let mut listed = base_payload();
+    listed["aud"] = json!(["billing", "orders"]);
+    assert_eq!(
+        status(&run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&hs_token(listed)))])
+        )),
+        200
+    );
+}
+
+#[test]
+fn algorithm_allow_list_is_enforced() {
+    let config = config_with(json!({"algorithms": ["ES256"]}), default_rules());
+    let rsa = rs256_token("rsa1", valid_claims());
+    let decision = run(
+        &config,
+        &request("/api/x", &[("authorization", &bearer(&rsa))]),
+    );
+    assert!(reason(&decision).contains("algorithm is not allowed"));
+    let ec = es256_token("ec1", valid_claims());
+    assert_eq!(
+        status(&run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&ec))])
+        )),
+        200
+    );
+}
+
+#[test]
+fn hmac_signed_with_the_rsa_public_key_is_refused() {
+    // RS256/HS256 confusion: the attacker MACs with the public key bytes.
+    let config = config_with(json!({}), default_rules());
+    let public_der = keys().rsa.public_key().to_der().unwrap();
+    for kid in ["rsa1", "hs1"] {
+        let token = hs256_token(
+            &format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#),
+            &base_payload().to_string(),
+            &public_der,
+        );
+        let decision = run(
+            &config,
+            &request("/api/x", &[("authorization", &bearer(&token))]),
+        );
+        assert_eq!(status(&decision), 401, "{kid}");
+    }
+}
+
+#[test]
+fn a_signature_moved_to_another_payload_does_not_verify() {
+    let config = config_with(json!({}), default_rules());
+    let good = es256_token("ec1", valid_claims());
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let mut forged = base_payload();
+    forged["sub"] = json!("admin");
+    let forged_b64 = b64e(forged.to_string().as_bytes());
+    parts[1] = &forged_b64;
+    let decision = run(
+        &config,
+        &request("/api/x", &[("authorization", &bearer(&parts.join(".")))]),
+    );
+    assert!(
+        reason(&decision).contains("signature does not verify"),
+        "{}",
+        reason(&decision)
+    );
+}
+
+#[test]
+fn any_accepts_either_provider_and_all_needs_both() {
+    let config = config_with(json!({}), default_rules());
+    let corp = hs_token(base_payload());
+    let partner = hs256_token(
+        r#"{"alg":"HS256"}"#,
+        &json!({"iss": "https://partner.test"}).to_string(),
+        b"partner-secret-partner-secret-32b",
+    );
+    let corp_h = bearer(&corp);
+    assert_eq!(
+        status(&run(
+            &config,
+            &request("/either", &[("authorization", &corp_h)])
+        )),
+        200
+    );
+    assert_eq!(
+        status(&run(
+            &config,
+            &request("/either", &[("x-partner-token", &partner)])
+        )),
+        200
+    );
+    assert_eq!(status(&run(&config, &request("/either", &[]))), 401);
+    assert_eq!(
+        status(&run(
+            &config,
+            &request("/both", &[("authorization", &corp_h)])
+        )),
+        401
+    );
+    assert_eq!(
+        status(&run(
+            &config,
+            &request(
+                "/both",
+                &[("authorization", &corp_h), ("x-partner-token", &partner)]
+            )
+        )),
+        200
+    );
+}
+
+#[test]
+fn allow_missing_admits_no_token_but_never_a_bad_one() {
+    let config = config_with(json!({}), default_rules());
+    assert_eq!(status(&run(&config, &request("/optional", &[]))), 200);
+    let wrong_issuer = hs_token(json!({"iss": "https://evil.test", "aud": "orders"}));
+    let decision = run(
+        &config,
+        &request("/optional", &[("authorization", &bearer(&wrong_issuer))]),
+    );
+    assert_eq!(status(&decision), 401);
+}
+
+#[test]
+fn two_different_tokens_are_refused() {
+    let config = config_with(json!({}), default_rules());
+    let a = bearer(&hs_token(base_payload()));
+    let b = bearer(&es256_token("ec1", valid_claims()));
+    let decision = run(
+        &config,
+        &request("/api/x", &[("authorization", &a), ("authorization", &b)]),
+    );
+    assert!(reason(&decision).contains("more than one token"));
+}
+
+struct CountingVerifier {
+    calls: Cell<u32>,
+}
+
+impl SignatureVerifier for CountingVerifier {
+    fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError> {
+        self.calls.set(self.calls.get() + 1);
+        PortableVerifier.verify(jws, key)
+    }
+}
+
+#[test]
+fn verified_and_refused_tokens_are_checked_once_then_served_from_cache() {
+    let config = config_with(json!({}), default_rules());
+    let keys = KeyStore::new(&config);
+    let verifier = CountingVerifier {
+        calls: Cell::new(0),
+    };
+    let env = AuthEnv {
+        config: &config,
+        keys: &keys,
+        verifier: &verifier,
+        now_ms: NOW_MS,
+    };
+    let mut cache = TokenCache::default();
+    let good = bearer(&es256_token("ec1", valid_claims()));
+    let bad = bearer(&hs256_token(
+        r#"{"alg":"HS256","kid":"hs1"}"#,
+        &base_payload().to_string(),
+        b"wrong-secret-wrong-secret-wrong-s",
+    ));
+    for _ in 0..5 {
+        assert_eq!(
+            status(&decide(
+                &env,
+                &mut cache,
+                &request("/api/x", &[("authorization", &good)])
+            )),
+            200
+        );
+        assert_eq!(
+            status(&decide(
+                &env,
+                &mut cache,
+                &request("/api/x", &[("authorization", &bad)])
+            )),
+            401
+        );
+    }
+    assert_eq!(verifier.calls.get(), 2);
+    assert_eq!(cache.hits, 8);
+}
+
+#[test]
+fn a_cached_token_still_expires_on_time() {
+    let config = config_with(json!({"clock_skew": "0s"}), default_rules());
+    let keys = KeyStore::new(&config);
+    let mut cache = TokenCache::default();
+    let now = NOW_MS / 1000;
+    let token = bearer(&hs_token(
+        json!({"iss": "https://idp.test", "aud": "orders", "exp": now + 10}),
+    ));
+    let at = |now_ms| AuthEnv {
+        config: &config,
+        keys: &keys,
+        verifier: &PortableVerifier,
+        now_ms,
+    };
+    assert_eq!(
+        status(&decide(
+            &at(NOW_MS),
+            &mut cache,
+            &request("/api/x", &[("authorization", &token)])
+        )),
+        200
+    );
+    let later = decide(
+        &at(NOW_MS + 11_000),
+        &mut cache,
+        &request("/api/x", &[("authorization", &token)]),
+    );
+    assert!(reason(&later).contains("expired"));
+}
+
+fn remote_config() -> Config {
+    let document = json!({
+        "providers": {"corp": {"issuer": "https://idp.test",
+            "remote_jwks": {"cluster": "idp", "uri": "http://idp.test/jwks.json", "cache_duration": "5m"}}},
+        "rules": [{"name": "api", "match": {"prefix": "/"}, "requires": "corp"}]
+    });
+    config::parse(document.to_string().as_bytes()).unwrap()
+}
+
+#[test]
+fn remote_keys_pending_pause_and_failure_without_keys_is_503() {
+    let config = remote_config();
+    let mut keys = KeyStore::new(&config);
+    let token = bearer(&es256_token("ec1", valid_claims()));
+    let req = request("/x", &[("authorization", &token)]);
+    let decide_now = |keys: &KeyStore, now_ms| {
+        let env = AuthEnv {
+            config: &config,
+            keys,
+            verifier: &PortableVerifier,
+            now_ms,
+        };
+        decide(&env, &mut TokenCache::default(), &req)
+    };
+    assert_eq!(
+        decide_now(&keys, NOW_MS),
+        Decision::AwaitKeys(vec![(0, FetchReason::FirstKeys)])
+    );
+
+    let remote = keys.remote_mut(0).unwrap();
+    remote.lease = remote.lease.finished(false, NOW_MS);
+    let down = decide_now(&keys, NOW_MS + 10);
+    assert_eq!(status(&down), 503);
+    let Decision::Deny { reply, .. } = down else {
+        panic!()
+    };
+    assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
+
+    keys.remote_mut(0)
+        .unwrap()
+        .adopt(NOW_MS, jwks_json(&[ec_jwk("ec1")]).as_bytes())
+        .unwrap();
+    assert_eq!(status(&decide_now(&keys, NOW_MS + 20)), 200);
+}
+
+#[test]
+fn unknown_kid_asks_for_one_early_refetch_then_401() {
+    let config = remote_config();
+    let mut keys = KeyStore::new(&config);
+    keys.remote_mut(0)
+        .unwrap()
+        .adopt(NOW_MS, jwks_json(&[ec_jwk("old")]).as_bytes())
+        .unwrap();
+    let token = bearer(&es256_token("rotated", valid_claims()));
+    let req = request("/x", &[("authorization", &token)]);
+    let decide_now = |keys: &KeyStore, now_ms| {
+        let env = AuthEnv {
+            config: &config,
+            keys,
+            verifier: &PortableVerifier,
+            now_ms,
+        };
+        decide(&env, &mut TokenCache::default(), &req)
+    };
+    assert_eq!(
+        decide_now(&keys, NOW_MS),
+        Decision::AwaitKeys(vec![(0, FetchReason::UnknownKid)])
+    );
+    // A refetch just happened and still no such kid: refuse rather than fetch again.
+    let remote = keys.remote_mut(0).unwrap();
+    remote.lease = remote
+        .lease
+        .try_start(NOW_MS, 1_000, FetchReason::UnknownKid)
+        .unwrap()
+        .finished(true, NOW_MS + 5);
+    assert!(reason(&decide_now(&keys, NOW_MS + 10)).contains("key id is not known"));
+    // After rotation the new key is there.
+    keys.remote_mut(0)
+        .unwrap()
+        .adopt(NOW_MS + 20, jwks_json(&[ec_jwk("rotated")]).as_bytes())
+        .unwrap();
+    assert_eq!(status(&decide_now(&keys, NOW_MS + 30)), 200);
+}

@@ -1,0 +1,176 @@
+//! Token checks for one provider, in the order that spends least on bad tokens: cheap claim
+//! checks first, then key selection, then the signature, then the audience.
+
+use std::time::Duration;
+
+use jwt_simple::prelude::*;
+
+use super::alg::Algorithm;
+use super::error::AuthError;
+use super::jwks::{Jwk, KeyMaterial, KeySet};
+use super::jws::{Jws, MAX_TOKEN_BYTES};
+use crate::config::Provider;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    /// The signature does not verify with this key.
+    Invalid,
+}
+
+/// Checks a JWS signature with one key. The host adapter's implementation uses Envoy's
+/// BoringSSL where it can; `PortableVerifier` is the pure-Rust path used everywhere else.
+pub trait SignatureVerifier {
+    fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError>;
+}
+
+/// jwt-simple's pure-Rust verification (RustCrypto underneath), which works in any Wasm host.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PortableVerifier;
+
+/// jwt-simple checks claims too; ours already did, so give it options under which only the
+/// signature (and structure) can fail: its clock is set to the token's own expiry.
+fn signature_only_options(jws: &Jws) -> VerificationOptions {
+    let expiry = jws.claims.exp.unwrap_or(0).min(u64::from(u32::MAX));
+    VerificationOptions {
+        accept_future: true,
+        time_tolerance: Some(coarsetime_zero()),
+        artificial_time: Some(UnixTimeStamp::from_secs(expiry)),
+        max_token_length: Some(MAX_TOKEN_BYTES),
+        max_header_length: Some(MAX_TOKEN_BYTES),
+        ..VerificationOptions::default()
+    }
+}
+
+fn coarsetime_zero() -> jwt_simple::prelude::Duration {
+    jwt_simple::prelude::Duration::from_secs(0)
+}
+
+impl SignatureVerifier for PortableVerifier {
+    fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError> {
+        let token = jws.token;
+        let options = Some(signature_only_options(jws));
+        let result = match (&key.material, jws.header.alg) {
+            (KeyMaterial::Rsa { n, e, .. }, alg) => rsa_verify(alg, n, e, token, options),
+            (KeyMaterial::Ec { point, .. }, Algorithm::ES256) => ES256PublicKey::from_bytes(point)
+                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
+            (KeyMaterial::Ec { point, .. }, Algorithm::ES384) => ES384PublicKey::from_bytes(point)
+                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
+            (KeyMaterial::Ed25519 { public }, Algorithm::EdDSA) => {
+                Ed25519PublicKey::from_bytes(public)
+                    .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop))
+            }
+            (KeyMaterial::Oct { secret }, Algorithm::HS256) => HS256Key::from_bytes(secret)
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Oct { secret }, Algorithm::HS384) => HS384Key::from_bytes(secret)
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Oct { secret }, Algorithm::HS512) => HS512Key::from_bytes(secret)
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            _ => return Err(SignatureError::Invalid),
+        };
+        result.map_err(|_| SignatureError::Invalid)
+    }
+}
+
+fn rsa_verify(
+    alg: Algorithm,
+    n: &[u8],
+    e: &[u8],
+    token: &str,
+    options: Option<VerificationOptions>,
+) -> Result<(), jwt_simple::Error> {
+    macro_rules! with {
+        ($key:ty) => {
+            <$key>::from_components(n, e)?
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop)
+        };
+    }
+    match alg {
+        Algorithm::RS256 => with!(RS256PublicKey),
+        Algorithm::RS384 => with!(RS384PublicKey),
+        Algorithm::RS512 => with!(RS512PublicKey),
+        Algorithm::PS256 => with!(PS256PublicKey),
+        Algorithm::PS384 => with!(PS384PublicKey),
+        Algorithm::PS512 => with!(PS512PublicKey),
+        _ => Err(jwt_simple::Error::msg("not an RSA algorithm")),
+    }
+}
+
+/// The checks that need no key: algorithm allowed, issuer, lifetime (with clock skew).
+/// `iat` is not checked, as in Envoy's jwt_authn.
+pub fn check_claims(provider: &Provider, jws: &Jws, now_s: u64) -> Result<(), AuthError> {
+    if !provider.algorithms.contains(&jws.header.alg) {
+        return Err(AuthError::AlgorithmNotAllowed);
+    }
+    if jws.claims.iss.as_deref() != Some(provider.issuer.as_str()) {
+        return Err(AuthError::IssuerNotAccepted);
+    }
+    let skew = provider.clock_skew.as_secs();
+    match jws.claims.exp {
+        Some(exp) if now_s > exp.saturating_add(skew) => return Err(AuthError::Expired),
+        None if provider.require_expiration => return Err(AuthError::ExpirationRequired),
+        _ => {}
+    }
+    if let Some(nbf) = jws.claims.nbf {
+        if now_s.saturating_add(skew) < nbf {
+            return Err(AuthError::NotYetValid);
+        }
+    }
+    Ok(())
+}
+
+/// Selects keys by `kid` (or every fitting key when the token has none) and verifies.
+pub fn check_signature(
+    keys: &KeySet,
+    jws: &Jws,
+    verifier: &dyn SignatureVerifier,
+) -> Result<(), AuthError> {
+    let kid = jws.header.kid.as_deref();
+    if let Some(kid) = kid {
+        if !keys.has_kid(kid) {
+            return Err(AuthError::UnknownKid);
+        }
+    }
+    let mut tried_any = false;
+    for key in keys.candidates(kid, jws.header.alg) {
+        tried_any = true;
+        if verifier.verify(jws, key).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if tried_any {
+        AuthError::BadSignature
+    } else {
+        AuthError::NoMatchingKey
+    })
+}
+
+/// A provider with `audiences` accepts a token whose `aud` (string or list) names any of them.
+pub fn check_audience(provider: &Provider, jws: &Jws) -> Result<(), AuthError> {
+    if provider.audiences.is_empty()
+        || jws
+            .claims
+            .aud
+            .iter()
+            .any(|aud| provider.audiences.contains(aud))
+    {
+        Ok(())
+    } else {
+        Err(AuthError::AudienceNotAllowed)
+    }
+}
+
+/// How long a verified token may be served from the cache: until its expiry (plus skew) or
+/// the cache TTL, whichever is first.
+pub fn cache_expiry_s(provider: &Provider, jws: &Jws, now_s: u64, ttl: Duration) -> u64 {
+    let ttl_end = now_s.saturating_add(ttl.as_secs());
+    match jws.claims.exp {
+        Some(exp) => exp
+            .saturating_add(provider.clock_skew.as_secs())
+            .min(ttl_end),
+        None => ttl_end,
+    }
+}

@@ -1,0 +1,94 @@
+//! Durations as the configuration writes them: `"250ms"`, `"10s"`, `"5m"`, `"1h"`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+/// A duration that parsed from the contract's string form; it cannot hold a bad value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub fn as_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Parses `<whole number><unit>` with unit `ms`, `s`, `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!("invalid duration {text:?} (use a whole number and ms, s, m or h, like \"250ms\" or \"10s\")")
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    let millis = value.checked_mul(millis_per_unit).ok_or_else(invalid)?;
+    Ok(Duration::from_millis(millis))
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string like \"250ms\", \"10s\", \"5m\" or \"1h\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_duration(v).map(ConfigDuration).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_each_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn refuses_what_is_not_number_and_unit() {
+        for bad in [
+            "",
+            "s",
+            "1 sec",
+            "1",
+            "1.5s",
+            "-1s",
+            "10d",
+            "1S",
+            " 1s",
+            "99999999999999999999h",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn overflow_is_refused_not_wrapped() {
+        assert!(parse_duration("18446744073709551615h").is_err());
+    }
+}

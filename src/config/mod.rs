@@ -1,0 +1,219 @@
+//! The pluginConfig contract (`../shared/design.md`): parsed from JSON, checked once, and held
+//! in types that cannot represent a bad value. Errors name the JSON path and the reason.
+
+mod duration;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use duration::{parse_duration, ConfigDuration};
+
+use crate::auth::alg::Algorithm;
+use crate::auth::jwks::KeySet;
+
+/// A configuration error: where in the JSON, and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+/// Parses and validates a pluginConfig document.
+pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+    validate::parse(json)
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub rate_limits: Vec<RateLimitPolicy>,
+    pub rules: Vec<Rule>,
+    pub unmatched: Unmatched,
+    pub access_log: AccessLog,
+    /// Every header meshguard writes upstream; client-sent copies are removed on every request.
+    pub output_headers: Vec<String>,
+}
+
+impl Config {
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    pub locations: TokenLocations,
+    pub forward: bool,
+    pub forward_payload_header: Option<String>,
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    pub clock_skew: Duration,
+    pub algorithms: Vec<Algorithm>,
+    pub require_expiration: bool,
+}
+
+#[derive(Debug)]
+pub enum KeySource {
+    Local(KeySet),
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub uri: String,
+    /// Host part of `uri`, sent as `:authority`.
+    pub authority: String,
+    /// Path (and query) part of `uri`.
+    pub path: String,
+    pub timeout: Duration,
+    pub cache_duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenLocations {
+    pub headers: Vec<HeaderLocation>,
+    pub params: Vec<String>,
+    pub cookies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderLocation {
+    /// Lower-case header name.
+    pub name: String,
+    pub value_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    pub claim_name: String,
+    /// Lower-case header name.
+    pub header_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: RuleMatch,
+    pub access: Access,
+    /// Indexes into `Config::rate_limits`.
+    pub rate_limits: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleMatch {
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    /// Upper-case methods; empty matches any.
+    pub methods: Vec<String>,
+    /// Lower-case hosts; empty matches any.
+    pub hosts: Vec<String>,
+    /// Lower-case names and exact values.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    AllowUnauthenticated,
+    Requires(Requirement),
+}
+
+/// Envoy jwt_authn's verifier tree: a provider, any of, or all of; `allow_missing` lets a
+/// request with no token at all through, never one with a bad token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub kind: RequirementKind,
+    pub allow_missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequirementKind {
+    /// Index into `Config::providers`.
+    Provider(usize),
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    pub enabled: bool,
+    pub sample_rate: f64,
+    /// Lower-case names; secrets are never logged whatever this lists.
+    pub request_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    pub name: String,
+    pub key: Vec<KeyPart>,
+    pub limit: Limit,
+    pub mode: LimitMode,
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    ClientIp,
+    Header(String),
+    Claim(String),
+    Rule,
+    Path,
+    Const(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    Local(TokenBucket),
+    Service(RateLimitService),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub max_tokens: u64,
+    pub tokens_per_fill: u64,
+    pub fill_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    pub cluster: String,
+    pub domain: String,
+    pub timeout: Duration,
+    pub failure_mode_deny: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    Reject,
+    Delay { max_delay: Duration },
+}

@@ -1,0 +1,142 @@
+//! The pluginConfig JSON exactly as users write it. Serde checks shapes and unknown fields;
+//! `validate.rs` turns these into the checked types the filter runs on.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub unmatched: Option<String>,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub remote_jwks: Option<RawRemoteJwks>,
+    pub local_jwks: Option<RawLocalJwks>,
+    pub from_headers: Option<Vec<RawHeaderLocation>>,
+    pub from_params: Option<Vec<String>>,
+    pub from_cookies: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward: bool,
+    pub forward_payload_header: Option<String>,
+    #[serde(default)]
+    pub claim_to_headers: Vec<RawClaimToHeader>,
+    pub clock_skew: Option<ConfigDuration>,
+    pub algorithms: Option<Vec<String>>,
+    /// As Envoy's `require_expiration`: refuse tokens without `exp`.
+    #[serde(default)]
+    pub require_expiration: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteJwks {
+    pub cluster: String,
+    pub uri: String,
+    pub timeout: Option<ConfigDuration>,
+    pub cache_duration: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalJwks {
+    pub inline: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderLocation {
+    pub name: String,
+    #[serde(default)]
+    pub value_prefix: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimToHeader {
+    pub claim_name: String,
+    pub header_name: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// One part (`"client_ip"`) or a list of parts; checked in `validate.rs` for a clear error.
+    pub key: serde_json::Value,
+    pub token_bucket: Option<RawTokenBucket>,
+    pub mode: Option<String>,
+    pub max_delay: Option<ConfigDuration>,
+    #[serde(default)]
+    pub shadow: bool,
+    pub service: Option<RawRateLimitService>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenBucket {
+    pub max_tokens: u64,
+    pub tokens_per_fill: u64,
+    pub fill_interval: ConfigDuration,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitService {
+    pub cluster: String,
+    pub domain: String,
+    pub timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// `"corp"`, `{"any": [...]}` or `{"all": [...]}`; checked in `validate.rs` for a clear error.
+    pub requires: Option<serde_json::Value>,
+    #[serde(default)]
+    pub allow_missing: bool,
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub hosts: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub sample_rate: Option<f64>,
+    #[serde(default)]
+    pub request_headers: Vec<String>,
+}

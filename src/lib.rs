@@ -1,0 +1,27 @@
+//! meshguard: JWT auth, traffic shaping and structured logging for Envoy, as one proxy-wasm
+//! filter. The cores (`config`, `rules`, `auth`, `pipeline`) are plain Rust, tested natively;
+//! `host` is the only module that talks to Envoy through proxy-wasm.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod auth;
+pub mod config;
+pub mod pipeline;
+pub mod reply;
+pub mod request;
+pub mod rules;
+
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    host::register();
+}}

@@ -1,0 +1,150 @@
+//! The request pipeline as one pure function: match rule -> auth -> (rate limit, later) ->
+//! a decision the host adapter carries out.
+
+use std::rc::Rc;
+
+use crate::auth::cache::{TokenCache, VerifiedToken};
+use crate::auth::extract::{cookie_header_without, path_without_params, Location};
+use crate::auth::remote::FetchReason;
+use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
+use crate::config::{Access, Unmatched};
+use crate::reply::{self, LocalReply};
+use crate::request::Request;
+use crate::rules::match_rule;
+
+/// Header changes for the upstream request: removals first, then sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mutations {
+    pub remove: Vec<String>,
+    pub set: Vec<(String, String)>,
+    /// A new `:path` (a token parameter removed).
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowed {
+    pub rule: Option<usize>,
+    pub mutations: Mutations,
+    pub identities: Vec<Rc<VerifiedToken>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny {
+        rule: Option<usize>,
+        reply: LocalReply,
+    },
+    /// Pause the request until these providers' keys are fetched, then decide again.
+    AwaitKeys(Vec<(usize, FetchReason)>),
+}
+
+pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decision {
+    let config = env.config;
+    let mut mutations = Mutations::default();
+    // Anti-spoofing: whatever a client sent under a header meshguard writes is dropped on
+    // every request, whether or not this request ends up setting it.
+    for header in &config.output_headers {
+        if request.has_header(header) {
+            mutations.remove.push(header.clone());
+        }
+    }
+    let Some((rule_index, rule)) = match_rule(&config.rules, request) else {
+        return match config.unmatched {
+            Unmatched::Deny => Decision::Deny {
+                rule: None,
+                reply: reply::no_rule_matches(),
+            },
+            Unmatched::Allow => Decision::Allow(Allowed {
+                rule: None,
+                mutations,
+                identities: Vec::new(),
+            }),
+        };
+    };
+    let requirement = match &rule.access {
+        Access::AllowUnauthenticated => {
+            return Decision::Allow(Allowed {
+                rule: Some(rule_index),
+                mutations,
+                identities: Vec::new(),
+            })
+        }
+        Access::Requires(requirement) => requirement,
+    };
+
+    let mut outcomes: Vec<Option<ProviderOutcome>> = vec![None; config.providers.len()];
+    let verdict = evaluate(
+        requirement,
+        &mut |provider| match outcomes.get_mut(provider) {
+            Some(slot) => slot
+                .get_or_insert_with(|| authenticate(env, cache, provider, request))
+                .clone(),
+            None => ProviderOutcome::Missing,
+        },
+    );
+    match verdict {
+        Verdict::Satisfied(providers) => {
+            let mut identities = Vec::with_capacity(providers.len());
+            let mut params_to_strip = Vec::new();
+            let mut cookies_to_strip = Vec::new();
+            for index in providers {
+                let (Some(Some(ProviderOutcome::Verified { token, locations })), Some(provider)) =
+                    (outcomes.get(index), config.providers.get(index))
+                else {
+                    continue;
+                };
+                if !provider.forward {
+                    for location in locations {
+                        match location {
+                            Location::Header(name) => push_unique(&mut mutations.remove, name),
+                            Location::Param(name) => push_unique(&mut params_to_strip, name),
+                            Location::Cookie(name) => push_unique(&mut cookies_to_strip, name),
+                        }
+                    }
+                }
+                mutations.set.extend(token.upstream_headers.iter().cloned());
+                identities.push(token.clone());
+            }
+            if !params_to_strip.is_empty() {
+                mutations.path = Some(path_without_params(&request.path, &params_to_strip));
+            }
+            if !cookies_to_strip.is_empty() {
+                let cookies: Vec<&str> = request.header_values("cookie").collect();
+                match cookie_header_without(&cookies, &cookies_to_strip) {
+                    Some(rest) => mutations.set.push(("cookie".into(), rest)),
+                    None => push_unique(&mut mutations.remove, "cookie"),
+                }
+            }
+            Decision::Allow(Allowed {
+                rule: Some(rule_index),
+                mutations,
+                identities,
+            })
+        }
+        Verdict::Missing => Decision::Deny {
+            rule: Some(rule_index),
+            reply: reply::token_missing(&rule.name),
+        },
+        Verdict::Failed(error) => Decision::Deny {
+            rule: Some(rule_index),
+            reply: reply::token_refused(error),
+        },
+        Verdict::AwaitingKeys => Decision::AwaitKeys(
+            outcomes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, outcome)| match outcome {
+                    Some(ProviderOutcome::AwaitingKeys(reason)) => Some((index, *reason)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn push_unique(list: &mut Vec<String>, item: &str) {
+    if !list.iter().any(|existing| existing == item) {
+        list.push(item.to_owned());
+    }
+}

@@ -1,0 +1,160 @@
+//! The local replies meshguard sends instead of forwarding a request: status, headers and a
+//! small JSON body `{"error": ..., "reason": ...}` that never echoes the token.
+
+use crate::auth::error::AuthError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Short machine-readable cause, for logs and Envoy's response details.
+    pub detail: &'static str,
+}
+
+fn json_body(error: &str, reason: &str) -> String {
+    serde_json::json!({ "error": error, "reason": reason }).to_string()
+}
+
+/// Escapes a value for a quoted-string in `WWW-Authenticate` (RFC 9110 §5.6.4).
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn reply(
+    status: u32,
+    headers: Vec<(String, String)>,
+    error: &str,
+    reason: &str,
+    detail: &'static str,
+) -> LocalReply {
+    let mut headers = headers;
+    headers.push(("content-type".into(), "application/json".into()));
+    LocalReply {
+        status,
+        headers,
+        body: json_body(error, reason),
+        detail,
+    }
+}
+
+/// 401 for a request with no token where the rule requires one (RFC 6750 §3.1: no error code).
+pub fn token_missing(rule: &str) -> LocalReply {
+    reply(
+        401,
+        vec![(
+            "www-authenticate".into(),
+            format!("Bearer realm={}", quoted(rule)),
+        )],
+        "unauthenticated",
+        "token is missing",
+        "meshguard_token_missing",
+    )
+}
+
+/// The reply for a token that was found and refused.
+pub fn token_refused(error: AuthError) -> LocalReply {
+    match error {
+        AuthError::AudienceNotAllowed => reply(
+            403,
+            vec![(
+                "www-authenticate".into(),
+                "Bearer error=\"insufficient_scope\"".into(),
+            )],
+            "forbidden",
+            error.description(),
+            "meshguard_audience_not_allowed",
+        ),
+        AuthError::KeysUnavailable { retry_after_s } => reply(
+            503,
+            vec![("retry-after".into(), retry_after_s.max(1).to_string())],
+            "unavailable",
+            error.description(),
+            "meshguard_jwks_unavailable",
+        ),
+        other => reply(
+            401,
+            vec![(
+                "www-authenticate".into(),
+                format!(
+                    "Bearer error=\"invalid_token\", error_description={}",
+                    quoted(other.description())
+                ),
+            )],
+            "unauthenticated",
+            other.description(),
+            "meshguard_invalid_token",
+        ),
+    }
+}
+
+/// 403 for a request no rule matches while `unmatched` is deny.
+pub fn no_rule_matches() -> LocalReply {
+    reply(
+        403,
+        vec![],
+        "forbidden",
+        "no rule matches the request",
+        "meshguard_no_rule",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'r>(reply: &'r LocalReply, name: &str) -> Option<&'r str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn missing_token_names_the_rule_as_realm_with_no_error_code() {
+        let r = token_missing("api \"v2\"");
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some(r#"Bearer realm="api \"v2\"""#)
+        );
+    }
+
+    #[test]
+    fn refused_tokens_follow_the_behaviour_table() {
+        let expired = token_refused(AuthError::Expired);
+        assert_eq!(expired.status, 401);
+        assert_eq!(
+            header(&expired, "www-authenticate"),
+            Some(r#"Bearer error="invalid_token", error_description="token is expired""#)
+        );
+        let audience = token_refused(AuthError::AudienceNotAllowed);
+        assert_eq!(audience.status, 403);
+        assert_eq!(
+            header(&audience, "www-authenticate"),
+            Some(r#"Bearer error="insufficient_scope""#)
+        );
+        let down = token_refused(AuthError::KeysUnavailable { retry_after_s: 0 });
+        assert_eq!(down.status, 503);
+        assert_eq!(header(&down, "retry-after"), Some("1"));
+        assert_eq!(no_rule_matches().status, 403);
+    }
+
+    #[test]
+    fn bodies_are_small_json() {
+        let body: serde_json::Value =
+            serde_json::from_str(&token_refused(AuthError::BadSignature).body).unwrap();
+        assert_eq!(body["error"], "unauthenticated");
+        assert_eq!(body["reason"], "token signature does not verify");
+    }
+}

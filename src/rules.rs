@@ -1,0 +1,151 @@
+//! Request facts -> the first rule whose `match` holds.
+
+use crate::config::{Rule, RuleMatch};
+use crate::request::Request;
+
+/// Rules are tried in order; the first that matches applies.
+pub fn match_rule<'c>(rules: &'c [Rule], request: &Request) -> Option<(usize, &'c Rule)> {
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, rule)| matches(&rule.matcher, request))
+}
+
+/// `path` is exact and `prefix` a plain string prefix, as Envoy's route match; both apply to
+/// the path without its query. Normalising `..` and `//` is Envoy's job (`normalize_path`,
+/// `merge_slashes` in the shipped configs) before any filter runs.
+pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
+    let path = request.path_only();
+    if matcher.path.as_deref().is_some_and(|exact| path != exact) {
+        return false;
+    }
+    if matcher
+        .prefix
+        .as_deref()
+        .is_some_and(|prefix| !path.starts_with(prefix))
+    {
+        return false;
+    }
+    if !matcher.methods.is_empty() && !matcher.methods.iter().any(|m| *m == request.method) {
+        return false;
+    }
+    if !matcher.hosts.is_empty() && !host_matches(&matcher.hosts, &request.authority) {
+        return false;
+    }
+    matcher
+        .headers
+        .iter()
+        .all(|(name, value)| request.header_values(name).any(|v| v == value))
+}
+
+/// A host matches the authority exactly or without its port, ignoring case.
+fn host_matches(hosts: &[String], authority: &str) -> bool {
+    let authority = authority.to_ascii_lowercase();
+    let without_port = match authority.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            host
+        }
+        _ => authority.as_str(),
+    };
+    hosts
+        .iter()
+        .any(|host| *host == authority || *host == without_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn rules() -> Vec<Rule> {
+        let config = config::parse(
+            br#"{
+              "providers": {"corp": {"issuer": "i", "local_jwks": {"inline": "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}"}}},
+              "rules": [
+                {"name": "health", "match": {"path": "/healthz"}, "allow_unauthenticated": true},
+                {"name": "writes", "match": {"prefix": "/api/", "methods": ["post", "DELETE"]}, "requires": "corp"},
+                {"name": "admin", "match": {"prefix": "/api/", "hosts": ["Admin.example.com"], "headers": {"X-Tenant": "blue"}}, "requires": "corp"},
+                {"name": "api", "match": {"prefix": "/api/"}, "requires": "corp"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        config.rules
+    }
+
+    fn rule_for(
+        method: &str,
+        path: &str,
+        authority: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let request = Request::new(
+            method,
+            path,
+            authority,
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+        let rules = rules();
+        match_rule(&rules, &request).map(|(_, r)| r.name.clone())
+    }
+
+    #[test]
+    fn first_match_wins_in_order() {
+        assert_eq!(
+            rule_for("POST", "/api/orders", "svc", &[]).as_deref(),
+            Some("writes")
+        );
+        assert_eq!(
+            rule_for("GET", "/api/orders", "svc", &[]).as_deref(),
+            Some("api")
+        );
+    }
+
+    #[test]
+    fn exact_path_ignores_the_query_but_not_more() {
+        assert_eq!(
+            rule_for("GET", "/healthz?probe=1", "svc", &[]).as_deref(),
+            Some("health")
+        );
+        assert_eq!(rule_for("GET", "/healthz/x", "svc", &[]), None);
+        assert_eq!(rule_for("GET", "/healthzz", "svc", &[]), None);
+    }
+
+    #[test]
+    fn prefix_is_case_sensitive_and_unmatched_is_none() {
+        assert_eq!(rule_for("GET", "/API/orders", "svc", &[]), None);
+        assert_eq!(rule_for("GET", "/other", "svc", &[]), None);
+    }
+
+    #[test]
+    fn hosts_match_with_or_without_port_and_headers_exactly() {
+        let blue = [("x-tenant", "blue")];
+        assert_eq!(
+            rule_for("GET", "/api/x", "admin.example.com:8080", &blue).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            rule_for("GET", "/api/x", "ADMIN.example.com", &blue).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            rule_for(
+                "GET",
+                "/api/x",
+                "admin.example.com",
+                &[("x-tenant", "Blue")]
+            )
+            .as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            rule_for("GET", "/api/x", "other.example.com", &blue).as_deref(),
+            Some("api")
+        );
+    }
+}
