@@ -108,6 +108,17 @@ pub fn no_rule_matches() -> LocalReply {
     )
 }
 
+/// 500 when the filter cannot decide (no valid configuration): fail closed, never open.
+pub fn internal_error() -> LocalReply {
+    reply(
+        500,
+        vec![],
+        "internal",
+        "meshguard cannot decide this request",
+        "meshguard_internal",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,12 +250,14 @@ impl Builder {
                                 ConfigError::new(&member_path, "must be true or false")
                             })?;
                         }
-                        other => return Err(ConfigError::new(
-                            &member_path,
-                            format!(
+                        other => {
+                            return Err(ConfigError::new(
+                                &member_path,
+                                format!(
                                 "unknown field `{other}`, expected `any`, `all` or `allow_missing`"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
                 let kind = kind.ok_or_else(|| ConfigError::new(path, "needs any or all"))?;

@@ -1,0 +1,252 @@
+//! One HTTP stream: gather the request, decide, carry out the decision.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::jwks;
+use super::state::{now_ms, VmState, Waiter, WAITING_TICK};
+use crate::auth::error::AuthError;
+use crate::auth::remote::LEASE_MARGIN_MS;
+use crate::pipeline::{Decision, Mutations};
+use crate::reply::{self, LocalReply};
+use crate::request::Request;
+
+/// What to do with a stream once a decision is made.
+pub enum StreamAction {
+    Forward(Mutations),
+    Reply(LocalReply),
+    Wait,
+}
+
+/// Carries out an action on the current (effective) context. Called with no borrow of the
+/// VM state held: resuming a stream can re-enter the VM.
+pub fn carry_out(action: &StreamAction, resume: bool) -> Action {
+    match action {
+        StreamAction::Forward(mutations) => {
+            for name in &mutations.remove {
+                let _ = hostcalls::set_map_value(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    name,
+                    None,
+                );
+            }
+            for (name, value) in &mutations.set {
+                let _ = hostcalls::set_map_value(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    name,
+                    Some(value),
+                );
+            }
+            if let Some(path) = &mutations.path {
+                let _ = hostcalls::set_map_value(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    ":path",
+                    Some(path),
+                );
+            }
+            if resume {
+                let _ = hostcalls::resume_http_request();
+            }
+            Action::Continue
+        }
+        StreamAction::Reply(reply) => {
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            if let Err(status) =
+                hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+            {
+                warn!("cannot send local reply: {status:?}");
+            }
+            Action::Pause
+        }
+        StreamAction::Wait => Action::Pause,
+    }
+}
+
+fn waiting_on_fetch(
+    state: &VmState,
+    needs: &[(usize, crate::auth::remote::FetchReason)],
+    now_ms: u64,
+) -> bool {
+    needs.iter().any(|(provider, _)| {
+        state.fetches.values().any(|p| p == provider)
+            || state
+                .keys
+                .remote(*provider)
+                .is_some_and(|view| view.lease.busy(now_ms))
+    })
+}
+
+fn action_for(decision: Decision) -> StreamAction {
+    match decision {
+        Decision::Allow(allowed) => StreamAction::Forward(allowed.mutations),
+        Decision::Deny { reply, .. } => StreamAction::Reply(reply),
+        Decision::AwaitKeys(_) => StreamAction::Wait,
+    }
+}
+
+/// Decides for a new request; pauses it (as a waiter) when keys must be fetched first.
+fn decide_new(state: &mut VmState, context_id: u32, request: Request) -> StreamAction {
+    let now = now_ms();
+    let mut decision = state.decide(&request, now);
+    if let Decision::AwaitKeys(needs) = &decision {
+        // Another worker may have fetched them already.
+        let mut changed = false;
+        for (provider, _) in needs {
+            changed |= jwks::sync_from_shared(state, *provider);
+        }
+        if changed {
+            decision = state.decide(&request, now);
+        }
+    }
+    let Decision::AwaitKeys(needs) = decision else {
+        return action_for(decision);
+    };
+    for (provider, reason) in &needs {
+        jwks::start_fetch(state, *provider, *reason, now);
+    }
+    if !waiting_on_fetch(state, &needs, now) {
+        // No fetch could start (a failure just recorded, or a refetch too soon): decide now.
+        return match state.decide(&request, now) {
+            Decision::AwaitKeys(_) => {
+                StreamAction::Reply(reply::token_refused(AuthError::KeysUnavailable {
+                    retry_after_s: 1,
+                }))
+            }
+            other => action_for(other),
+        };
+    }
+    let longest_timeout = needs
+        .iter()
+        .map(|(provider, _)| jwks::timeout_of(state, *provider))
+        .max()
+        .unwrap_or_default();
+    let timeout_ms = u64::try_from(longest_timeout.as_millis()).unwrap_or(u64::MAX);
+    state.waiters.push(Waiter {
+        context_id,
+        request,
+        deadline_ms: now
+            .saturating_add(timeout_ms)
+            .saturating_add(LEASE_MARGIN_MS + 500),
+    });
+    let _ = hostcalls::set_tick_period(WAITING_TICK);
+    StreamAction::Wait
+}
+
+/// Re-decides every paused request (keys arrived, a fetch failed, or time passed) and resumes
+/// those that are decided; then restores `current_context`.
+pub fn resume_waiters(state: &Rc<RefCell<VmState>>, current_context: u32) {
+    let now = now_ms();
+    let actions: Vec<(u32, StreamAction)> = {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        let waiters = std::mem::take(&mut st.waiters);
+        let mut still_waiting = Vec::new();
+        let mut decided = Vec::new();
+        for waiter in waiters {
+            match st.decide(&waiter.request, now) {
+                Decision::AwaitKeys(needs) => {
+                    if now >= waiter.deadline_ms {
+                        let reply =
+                            reply::token_refused(AuthError::KeysUnavailable { retry_after_s: 1 });
+                        decided.push((waiter.context_id, StreamAction::Reply(reply)));
+                    } else {
+                        if !waiting_on_fetch(&st, &needs, now) {
+                            for (provider, reason) in &needs {
+                                jwks::start_fetch(&mut st, *provider, *reason, now);
+                            }
+                        }
+                        still_waiting.push(waiter);
+                    }
+                }
+                other => decided.push((waiter.context_id, action_for(other))),
+            }
+        }
+        st.waiters = still_waiting;
+        decided
+    };
+    for (context_id, action) in &actions {
+        if hostcalls::set_effective_context(*context_id).is_ok() {
+            carry_out(action, true);
+        }
+    }
+    if !actions.is_empty() {
+        let _ = hostcalls::set_effective_context(current_context);
+    }
+}
+
+/// Handles an HTTP call response if it is one of this VM's JWKS fetches.
+pub fn on_call_response(
+    state: &Rc<RefCell<VmState>>,
+    token: u32,
+    body_size: usize,
+    current_context: u32,
+) {
+    let finished = match state.try_borrow_mut() {
+        Ok(mut st) if jwks::is_fetch(&st, token) => {
+            jwks::finish_fetch(&mut st, token, body_size, now_ms())
+        }
+        _ => None,
+    };
+    if finished.is_some() {
+        resume_waiters(state, current_context);
+    }
+}
+
+pub struct MeshguardHttp {
+    pub context_id: u32,
+    pub state: Rc<RefCell<VmState>>,
+}
+
+impl Context for MeshguardHttp {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        on_call_response(&self.state, token_id, body_size, self.context_id);
+    }
+}
+
+impl HttpContext for MeshguardHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let request = Request::from_header_map(self.get_http_request_headers());
+        let action = match self.state.try_borrow_mut() {
+            Ok(mut st) => decide_new(&mut st, self.context_id, request),
+            Err(_) => StreamAction::Reply(reply::internal_error()),
+        };
+        carry_out(&action, false)
+    }
+}
+
+impl Drop for MeshguardHttp {
+    fn drop(&mut self) {
+        // A paused request whose client went away gives up its place.
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            st.waiters
+                .retain(|waiter| waiter.context_id != self.context_id);
+        }
+    }
+}
+
+/// Serves streams when no valid configuration was ever loaded: fail closed.
+pub struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        carry_out(&StreamAction::Reply(reply::internal_error()), false)
+    }
+}

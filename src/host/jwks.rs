@@ -1,0 +1,256 @@
+//! Remote JWKS through the proxy: one worker fetches (the one that wins the shared lease),
+//! stores the document in shared data, and every worker's VM adopts it from there.
+
+use std::time::Duration;
+
+use log::{info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+use super::state::VmState;
+use crate::auth::jwks::MAX_JWKS_BYTES;
+use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason};
+use crate::config::{KeySource, RemoteJwks};
+
+fn remote_of(state: &VmState, provider: usize) -> Option<(String, RemoteJwks)> {
+    let provider = state.config.providers.get(provider)?;
+    match &provider.keys {
+        KeySource::Remote(remote) => Some((provider.name.clone(), remote.clone())),
+        KeySource::Local(_) => None,
+    }
+}
+
+fn record_key(name: &str, remote: &RemoteJwks) -> String {
+    format!("meshguard.jwks.{name}.{}", remote.uri)
+}
+
+fn lease_key(name: &str, remote: &RemoteJwks) -> String {
+    format!("meshguard.jwks-lease.{name}.{}", remote.uri)
+}
+
+fn read_lease(key: &str) -> (FetchLease, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(bytes), cas)) => (FetchLease::decode(&bytes), cas),
+        Ok((None, cas)) => (FetchLease::default(), cas),
+        Err(_) => (FetchLease::default(), None),
+    }
+}
+
+/// Adopts what other workers stored: newer keys and the current lease. Returns whether this
+/// VM's view of the provider changed (keys or failure state).
+pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
+    let Some((name, remote)) = remote_of(state, provider) else {
+        return false;
+    };
+    let record = hostcalls::get_shared_data(&record_key(&name, &remote))
+        .ok()
+        .and_then(|(bytes, _)| bytes);
+    let (lease, _) = read_lease(&lease_key(&name, &remote));
+    let Some(view) = state.keys.remote_mut(provider) else {
+        return false;
+    };
+    let mut changed = view.lease != lease;
+    view.lease = lease;
+    if let Some((fetched_at_ms, body)) = record.as_deref().and_then(decode_record) {
+        let had_keys = view.keys.is_some();
+        match view.adopt(fetched_at_ms, body) {
+            Ok(keys_changed) => changed |= keys_changed || !had_keys,
+            Err(err) => warn!("provider {name}: shared JWKS unusable: {err}"),
+        }
+    }
+    changed
+}
+
+/// Starts a fetch if no worker is fetching and the lease allows it now. Returns whether this
+/// VM started one.
+pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u64) -> bool {
+    let Some((name, remote)) = remote_of(state, provider) else {
+        return false;
+    };
+    if state.fetches.values().any(|p| *p == provider) {
+        return false;
+    }
+    let key = lease_key(&name, &remote);
+    let (mut lease, mut cas) = read_lease(&key);
+    if cas.is_none() {
+        // Create the lease so that taking it below is a compare-and-swap.
+        let _ = hostcalls::set_shared_data(&key, Some(&lease.encode()), None);
+        (lease, cas) = read_lease(&key);
+    }
+    if let Some(view) = state.keys.remote_mut(provider) {
+        view.lease = lease;
+    }
+    let timeout_ms = u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX);
+    let Some(taken) = lease.try_start(now_ms, timeout_ms, reason) else {
+        return false;
+    };
+    match hostcalls::set_shared_data(&key, Some(&taken.encode()), cas) {
+        Ok(()) => {}
+        Err(Status::CasMismatch) => return false,
+        Err(status) => {
+            warn!("provider {name}: cannot write the JWKS fetch lease: {status:?}");
+            return false;
+        }
+    }
+    if let Some(view) = state.keys.remote_mut(provider) {
+        view.lease = taken;
+    }
+    let headers = vec![
+        (":method", "GET"),
+        (":path", remote.path.as_str()),
+        (":authority", remote.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], remote.timeout) {
+        Ok(token) => {
+            info!(
+                "provider {name}: fetching JWKS from {} ({reason:?})",
+                remote.uri
+            );
+            state.fetches.insert(token, provider);
+            true
+        }
+        Err(status) => {
+            warn!(
+                "provider {name}: cannot call cluster {:?} for JWKS ({status:?}); is the cluster defined?",
+                remote.cluster
+            );
+            record_outcome(state, provider, false, now_ms);
+            false
+        }
+    }
+}
+
+/// Whether `token` is one of this VM's JWKS fetches.
+pub fn is_fetch(state: &VmState, token: u32) -> bool {
+    state.fetches.contains_key(&token)
+}
+
+/// Handles a JWKS response (in whichever context received it). Returns the provider.
+pub fn finish_fetch(
+    state: &mut VmState,
+    token: u32,
+    body_size: usize,
+    now_ms: u64,
+) -> Option<usize> {
+    let provider = state.fetches.remove(&token)?;
+    let (name, remote) = remote_of(state, provider)?;
+    let status = hostcalls::get_map_value(
+        proxy_wasm::types::MapType::HttpCallResponseHeaders,
+        ":status",
+    )
+    .ok()
+    .flatten();
+    let succeeded = match status.as_deref() {
+        Some("200") if body_size <= MAX_JWKS_BYTES => {
+            let body = hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody,
+                0,
+                body_size,
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            match state
+                .keys
+                .remote_mut(provider)
+                .map(|view| view.adopt(now_ms, &body))
+            {
+                Some(Ok(_)) => {
+                    let record = encode_record(now_ms, &body);
+                    if let Err(status) =
+                        hostcalls::set_shared_data(&record_key(&name, &remote), Some(&record), None)
+                    {
+                        warn!("provider {name}: cannot share fetched JWKS: {status:?}");
+                    }
+                    info!("provider {name}: JWKS fetched from {}", remote.uri);
+                    true
+                }
+                Some(Err(err)) => {
+                    warn!(
+                        "provider {name}: JWKS from {} refused: {err}; keeping the last good keys",
+                        remote.uri
+                    );
+                    false
+                }
+                None => false,
+            }
+        }
+        Some("200") => {
+            warn!(
+                "provider {name}: JWKS from {} is {body_size} bytes, over {MAX_JWKS_BYTES}",
+                remote.uri
+            );
+            false
+        }
+        Some(other) => {
+            warn!(
+                "provider {name}: JWKS fetch from {} answered {other}",
+                remote.uri
+            );
+            false
+        }
+        None => {
+            warn!(
+                "provider {name}: JWKS fetch from {} failed (timeout after {:?} or connection error)",
+                remote.uri, remote.timeout
+            );
+            false
+        }
+    };
+    record_outcome(state, provider, succeeded, now_ms);
+    Some(provider)
+}
+
+fn record_outcome(state: &mut VmState, provider: usize, succeeded: bool, now_ms: u64) {
+    let Some((name, remote)) = remote_of(state, provider) else {
+        return;
+    };
+    let key = lease_key(&name, &remote);
+    for _ in 0..4 {
+        let (lease, cas) = read_lease(&key);
+        let done = lease.finished(succeeded, now_ms);
+        match hostcalls::set_shared_data(&key, Some(&done.encode()), cas) {
+            Ok(()) => {
+                if let Some(view) = state.keys.remote_mut(provider) {
+                    view.lease = done;
+                }
+                return;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Background work for one tick: adopt other workers' results, refresh stale keys.
+pub fn on_tick(state: &mut VmState, now_ms: u64) -> bool {
+    let mut changed = false;
+    for provider in 0..state.config.providers.len() {
+        let Some((_, remote)) = remote_of(state, provider) else {
+            continue;
+        };
+        changed |= sync_from_shared(state, provider);
+        let cache_ms = u64::try_from(remote.cache_duration.as_millis()).unwrap_or(u64::MAX);
+        let stale = state
+            .keys
+            .remote(provider)
+            .is_some_and(|view| view.is_stale(now_ms, cache_ms));
+        let waited_on = !state.waiters.is_empty()
+            && state
+                .keys
+                .remote(provider)
+                .is_some_and(|view| view.keys.is_none());
+        if stale {
+            start_fetch(state, provider, FetchReason::Refresh, now_ms);
+        } else if waited_on {
+            // The worker holding the lease may have gone; take over once it expires.
+            start_fetch(state, provider, FetchReason::FirstKeys, now_ms);
+        }
+    }
+    changed
+}
+
+pub fn timeout_of(state: &VmState, provider: usize) -> Duration {
+    remote_of(state, provider).map_or(Duration::from_secs(1), |(_, remote)| remote.timeout)
+}

@@ -1,0 +1,106 @@
+//! The root context, one per VM: loads and validates the configuration, detects the host's
+//! signature function, and drives background work on its tick.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use log::{error, info};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use super::crypto::{detect_host_crypto, HostVerifier};
+use super::http::{on_call_response, resume_waiters, MeshguardHttp, Unconfigured};
+use super::jwks;
+use super::state::{now_ms, VmState, IDLE_TICK, WAITING_TICK};
+use crate::config;
+
+pub struct MeshguardRoot {
+    context_id: u32,
+    state: Option<Rc<RefCell<VmState>>>,
+    host_crypto: Option<bool>,
+}
+
+impl MeshguardRoot {
+    pub fn new(context_id: u32) -> Self {
+        MeshguardRoot {
+            context_id,
+            state: None,
+            host_crypto: None,
+        }
+    }
+}
+
+impl Context for MeshguardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(state) = &self.state {
+            on_call_response(state, token_id, body_size, self.context_id);
+        }
+    }
+}
+
+impl RootContext for MeshguardRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match config::parse(&bytes) {
+            Ok(config) => config,
+            Err(err) => {
+                // One line naming the JSON path and the reason; the last good config stays.
+                error!("configuration refused: {err}");
+                return false;
+            }
+        };
+        let host_crypto = *self.host_crypto.get_or_insert_with(detect_host_crypto);
+        info!(
+            "configured {} providers, {} rules; signatures verified {}",
+            config.providers.len(),
+            config.rules.len(),
+            if host_crypto {
+                "by the host (Envoy verify_signature) where possible"
+            } else {
+                "in Wasm (jwt-simple); the host has no verify_signature"
+            }
+        );
+        let state = VmState::new(config, HostVerifier { host_crypto });
+        if state.has_remote_providers() {
+            let _ = hostcalls::set_tick_period(IDLE_TICK);
+        }
+        self.state = Some(Rc::new(RefCell::new(state)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        if let Ok(mut st) = state.try_borrow_mut() {
+            jwks::on_tick(&mut st, now_ms());
+        }
+        resume_waiters(&state, self.context_id);
+        let waiting = state
+            .try_borrow()
+            .map(|st| !st.waiters.is_empty())
+            .unwrap_or(false);
+        let _ = hostcalls::set_tick_period(if waiting { WAITING_TICK } else { IDLE_TICK });
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match &self.state {
+            Some(state) => Some(Box::new(MeshguardHttp {
+                context_id,
+                state: state.clone(),
+            })),
+            None => Some(Box::new(Unconfigured)),
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
