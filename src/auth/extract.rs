@@ -44,8 +44,9 @@ pub fn extract(locations: &TokenLocations, request: &Request) -> Extracted {
         }
     };
     for header in &locations.headers {
-        for value in request.header_values(&header.name) {
-            if let Some(rest) = strip_prefix_ignore_case(value, &header.value_prefix) {
+        // Envoy joins repeated headers with ','; a JWT never contains one.
+        for value in request.header_values(&header.name).flat_map(|v| v.split(',')) {
+            if let Some(rest) = strip_prefix_ignore_case(value.trim_start(), &header.value_prefix) {
                 note(rest, Location::Header(header.name.clone()));
             }
         }

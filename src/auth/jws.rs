@@ -58,7 +58,7 @@ pub fn parse(token: &str) -> Result<Jws<'_>, AuthError> {
     else {
         return Err(malformed("not three dot-separated parts"));
     };
-    if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+    if header_b64.is_empty() || payload_b64.is_empty() {
         return Err(malformed("an empty part"));
     }
     let signing_input = token
@@ -68,7 +68,11 @@ pub fn parse(token: &str) -> Result<Jws<'_>, AuthError> {
     let header_bytes = b64::decode(header_b64).ok_or(malformed("header is not base64url"))?;
     let header_json =
         json::parse_strict(&header_bytes).map_err(|_| malformed("header is not a JSON object"))?;
+    // The header first: an unsigned `alg: none` token is reported as such.
     let header = parse_header(&header_json)?;
+    if signature_b64.is_empty() {
+        return Err(malformed("an empty signature"));
+    }
 
     let payload_bytes = b64::decode(payload_b64).ok_or(malformed("payload is not base64url"))?;
     let payload_json = json::parse_strict(&payload_bytes)
@@ -199,9 +203,11 @@ mod tests {
                 "{alg}"
             );
         }
-        // An unsigned token has an empty third part.
+        // An unsigned token has an empty third part; it is refused for its algorithm.
         let unsigned = format!("{}.{}.", b64e(br#"{"alg":"none"}"#), b64e(b"{}"));
-        assert!(parse(&unsigned).is_err());
+        assert_eq!(parse(&unsigned).unwrap_err(), AuthError::AlgorithmNotAllowed);
+        let empty_signature = format!("{}.{}.", b64e(br#"{"alg":"RS256"}"#), b64e(b"{}"));
+        assert!(matches!(parse(&empty_signature), Err(AuthError::Malformed(_))));
     }
 
     #[test]

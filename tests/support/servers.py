@@ -1,0 +1,105 @@
+"""Real HTTP servers on loopback: an upstream that echoes what reached it, and an identity
+provider whose JWKS endpoint can be healthy, slow, down or broken."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, handler, port=None):
+        self.port = port or free_port()
+        self._handler = handler
+        self._httpd = None
+
+    def start(self):
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+class Upstream(_Server):
+    """Answers every request with the path and headers it received, as JSON."""
+
+    def __init__(self, port=None):
+        class Echo(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _echo(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                headers = {}
+                for name, value in self.headers.items():
+                    headers.setdefault(name.lower(), []).append(value)
+                body = json.dumps({"method": self.command, "path": self.path, "headers": headers}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _echo
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Echo, port)
+
+
+class Idp(_Server):
+    """Serves `jwks` at any path. `mode`: healthy, slow (sleeps `delay` s), garbage (HTML),
+    error (500), empty (no usable keys). `fetches` counts requests."""
+
+    def __init__(self, jwks, port=None):
+        self.jwks = jwks
+        self.mode = "healthy"
+        self.delay = 0.0
+        self.fetches = 0
+        self._lock = threading.Lock()
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                with idp._lock:
+                    idp.fetches += 1
+                mode = idp.mode
+                status, body, ctype = 200, idp.jwks.encode(), "application/json"
+                if mode == "slow":
+                    time.sleep(idp.delay)
+                elif mode == "garbage":
+                    body, ctype = b"<html><body>Bad gateway</body></html>", "text/html"
+                elif mode == "error":
+                    status, body = 500, b'{"error":"boom"}'
+                elif mode == "empty":
+                    body = b'{"keys":[]}'
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Handler, port)

@@ -1,0 +1,169 @@
+"""Remote JWKS in real Envoy (2 workers) against a real IdP that can be healthy, down, slow or
+broken: requests wait for the first keys, all workers share one fetch, last good keys are kept,
+a rotated key works without a restart, and unknown kids cannot hammer the IdP."""
+
+import concurrent.futures
+import os
+import time
+
+import pytest
+import requests
+
+from support.envoy import Envoy
+from support.jose import ISSUER, Signer, jwks
+from support.servers import Idp, free_port
+
+
+def plugin_config(cache_duration="10m", timeout="500ms"):
+    return {
+        "providers": {
+            "corp": {
+                "issuer": ISSUER,
+                "remote_jwks": {"cluster": "idp", "uri": "http://idp.meshguard.test/.well-known/jwks.json", "timeout": timeout, "cache_duration": cache_duration},
+                "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}],
+            }
+        },
+        "rules": [{"name": "api", "match": {"prefix": "/"}, "requires": "corp"}],
+    }
+
+
+@pytest.fixture
+def keys():
+    return {"current": Signer("ES256"), "next": Signer("RS256")}
+
+
+@pytest.fixture
+def idp(keys):
+    server = Idp(jwks(keys["current"])).start()
+    yield server
+    server.stop()
+
+
+def start_envoy(tmp_path, upstream, idp_port, **config):
+    return Envoy(plugin_config(**config), {"upstream": upstream.port, "idp": idp_port}, tmp_path).start()
+
+
+def bearer(token):
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_first_request_waits_for_keys_and_is_allowed(tmp_path, upstream, idp, keys):
+    with start_envoy(tmp_path, upstream, idp.port) as envoy:
+        assert idp.fetches == 0, "keys are fetched when first needed"
+        response = envoy.get("/orders", bearer(keys["current"].sign()))
+        assert response.status_code == 200, response.text
+        assert response.json()["headers"]["x-user"] == ["alice"]
+        assert idp.fetches == 1
+
+
+def test_one_fetch_serves_every_worker(tmp_path, upstream, idp, keys):
+    idp.mode, idp.delay = "slow", 0.2  # keep the fetch in flight while requests pile up
+    token = keys["current"].sign()
+    with start_envoy(tmp_path, upstream, idp.port) as envoy:
+
+        def one(_):
+            # A fresh connection each: Envoy spreads them over both workers.
+            return requests.get(envoy.url("/orders"), headers=bearer(token), timeout=10).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+            statuses = list(pool.map(one, range(48)))
+        assert statuses == [200] * 48
+        assert idp.fetches == 1, f"{idp.fetches} JWKS fetches for one key set"
+
+
+def test_idp_down_and_no_keys_gives_503_with_retry_after(tmp_path, upstream, keys):
+    token = keys["current"].sign()
+    with start_envoy(tmp_path, upstream, free_port()) as envoy:
+        response = envoy.get("/orders", bearer(token))
+        assert response.status_code == 503
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"] == "unavailable"
+        assert token not in response.text
+
+
+@pytest.mark.parametrize("mode", ["garbage", "error", "empty"])
+def test_broken_idp_and_no_keys_gives_503(tmp_path, upstream, idp, keys, mode):
+    idp.mode = mode
+    with start_envoy(tmp_path, upstream, idp.port) as envoy:
+        response = envoy.get("/orders", bearer(keys["current"].sign()))
+        assert response.status_code == 503
+        assert "retry-after" in response.headers
+
+
+def test_idp_slower_than_the_timeout_gives_503_within_the_timeout(tmp_path, upstream, idp, keys):
+    idp.mode, idp.delay = "slow", 3.0
+    with start_envoy(tmp_path, upstream, idp.port, timeout="500ms") as envoy:
+        started = time.monotonic()
+        response = envoy.get("/orders", bearer(keys["current"].sign()))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503
+        assert elapsed < 2.5, f"request held {elapsed:.2f}s for a 500ms JWKS timeout"
+
+
+def test_recovers_once_the_idp_is_back(tmp_path, upstream, keys):
+    port = free_port()
+    token = keys["current"].sign()
+    with start_envoy(tmp_path, upstream, port) as envoy:
+        assert envoy.get("/orders", bearer(token)).status_code == 503
+        idp = Idp(jwks(keys["current"]), port=port).start()
+        try:
+            deadline = time.monotonic() + 10
+            status = None
+            while time.monotonic() < deadline:
+                status = envoy.get("/orders", bearer(token)).status_code
+                if status == 200:
+                    break
+                time.sleep(0.3)
+            assert status == 200
+        finally:
+            idp.stop()
+
+
+@pytest.mark.parametrize("failure", ["down", "garbage"])
+def test_last_good_keys_are_kept_while_the_idp_fails(tmp_path, upstream, idp, keys, failure):
+    token = keys["current"].sign()
+    with start_envoy(tmp_path, upstream, idp.port, cache_duration="1s") as envoy:
+        assert envoy.get("/orders", bearer(token)).status_code == 200
+        if failure == "down":
+            idp.stop()
+        else:
+            idp.mode = "garbage"
+        fetches_before = idp.fetches
+        time.sleep(3.0)  # several refresh attempts fail meanwhile
+        for _ in range(10):
+            assert envoy.get("/orders", bearer(keys["current"].sign())).status_code == 200
+        if failure == "garbage":
+            assert idp.fetches > fetches_before, "stale keys were not refreshed"
+        assert "keeping the last good keys" in envoy.log() or failure == "down"
+
+
+def test_rotated_key_works_without_restart(tmp_path, upstream, idp, keys):
+    with start_envoy(tmp_path, upstream, idp.port) as envoy:
+        assert envoy.get("/orders", bearer(keys["current"].sign())).status_code == 200
+        idp.jwks = jwks(keys["current"], keys["next"])
+        time.sleep(5.2)  # early refetches are spaced 5 s apart
+        response = envoy.get("/orders", bearer(keys["next"].sign()))
+        assert response.status_code == 200, response.text
+        assert idp.fetches == 2
+
+
+def test_a_flood_of_unknown_kids_cannot_hammer_the_idp(tmp_path, upstream, idp, keys):
+    with start_envoy(tmp_path, upstream, idp.port) as envoy:
+        assert envoy.get("/orders", bearer(keys["current"].sign())).status_code == 200
+        stranger = Signer("ES256")
+        statuses = [envoy.get("/orders", bearer(stranger.sign(headers={"kid": os.urandom(6).hex()}))).status_code for _ in range(40)]
+        assert statuses == [401] * 40
+        assert idp.fetches <= 2, f"{idp.fetches} fetches for 40 unknown kids"
+
+
+def test_removed_key_stops_working_after_refresh(tmp_path, upstream, idp, keys):
+    token = keys["current"].sign()
+    with start_envoy(tmp_path, upstream, idp.port, cache_duration="1s") as envoy:
+        assert envoy.get("/orders", bearer(token)).status_code == 200
+        idp.jwks = jwks(keys["next"])
+        deadline = time.monotonic() + 8
+        status = 200
+        while time.monotonic() < deadline and status == 200:
+            time.sleep(0.5)
+            status = envoy.get("/orders", bearer(token)).status_code
+        assert status == 401
