@@ -26,7 +26,7 @@ pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
     {
         return false;
     }
-    if !matcher.methods.is_empty() && !matcher.methods.iter().any(|m| *m == request.method) {
+    if !matcher.methods.is_empty() && !matcher.methods.contains(&request.method) {
         return false;
     }
     if !matcher.hosts.is_empty() && !host_matches(&matcher.hosts, &request.authority) {

@@ -45,7 +45,10 @@ pub fn extract(locations: &TokenLocations, request: &Request) -> Extracted {
     };
     for header in &locations.headers {
         // Envoy joins repeated headers with ','; a JWT never contains one.
-        for value in request.header_values(&header.name).flat_map(|v| v.split(',')) {
+        for value in request
+            .header_values(&header.name)
+            .flat_map(|v| v.split(','))
+        {
             if let Some(rest) = strip_prefix_ignore_case(value.trim_start(), &header.value_prefix) {
                 note(rest, Location::Header(header.name.clone()));
             }
@@ -53,7 +56,7 @@ pub fn extract(locations: &TokenLocations, request: &Request) -> Extracted {
     }
     if !locations.params.is_empty() {
         for (name, value) in query_pairs(request.query()) {
-            if locations.params.iter().any(|p| *p == name) {
+            if locations.params.contains(&name) {
                 note(&value, Location::Param(name));
             }
         }

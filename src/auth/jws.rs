@@ -205,9 +205,15 @@ mod tests {
         }
         // An unsigned token has an empty third part; it is refused for its algorithm.
         let unsigned = format!("{}.{}.", b64e(br#"{"alg":"none"}"#), b64e(b"{}"));
-        assert_eq!(parse(&unsigned).unwrap_err(), AuthError::AlgorithmNotAllowed);
+        assert_eq!(
+            parse(&unsigned).unwrap_err(),
+            AuthError::AlgorithmNotAllowed
+        );
         let empty_signature = format!("{}.{}.", b64e(br#"{"alg":"RS256"}"#), b64e(b"{}"));
-        assert!(matches!(parse(&empty_signature), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            parse(&empty_signature),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -217,3 +217,6 @@ pub enum LimitMode {
     Reject,
     Delay { max_delay: Duration },
 }
+
+#[cfg(test)]
+mod tests;

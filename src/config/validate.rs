@@ -19,6 +19,13 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
 }
 
 fn deserialize(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    // serde would also read a struct from a JSON array; the contract is an object.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConfigError::new(
+            "",
+            "the configuration must be a JSON object",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();

@@ -1,0 +1,39 @@
+# meshguard: `make run` shows it working; `make test` checks everything. Both set themselves up.
+SHELL := /bin/bash
+WASM := target/wasm32-wasip1/release/meshguard.wasm
+PYTEST := .venv/bin/pytest
+
+.PHONY: all setup build wasm unit lint integration test run bench clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+wasm: setup
+	cargo build --target wasm32-wasip1 --release
+
+build: wasm
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+
+unit: setup
+	cargo test
+
+integration: wasm
+	$(PYTEST) -q tests
+
+test: lint unit integration
+
+run: wasm
+	scripts/run.sh
+
+bench: wasm
+	scripts/bench.sh
+
+clean:
+	cargo clean
+	rm -rf .run

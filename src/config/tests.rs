@@ -1,0 +1,298 @@
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+const OCT_JWKS: &str =
+    r#"{"keys":[{"kty":"oct","kid":"k","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+
+/// The example from design.md, with the `partner` provider it names defined.
+fn design_example() -> Value {
+    json!({
+      "providers": {
+        "corp": {
+          "issuer": "https://idp.example.com",
+          "audiences": ["orders-api"],
+          "remote_jwks": {"cluster": "idp", "uri": "http://idp.example.com/jwks.json", "timeout": "1s", "cache_duration": "10m"},
+          "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+          "from_params": ["access_token"],
+          "from_cookies": ["session"],
+          "forward": false,
+          "forward_payload_header": "x-jwt-payload",
+          "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}],
+          "clock_skew": "60s",
+          "algorithms": ["RS256", "ES256"]
+        },
+        "partner": {"issuer": "https://partner.example.com", "local_jwks": {"inline": OCT_JWKS}}
+      },
+      "rate_limits": {
+        "per_user": {"key": ["claim:sub"], "token_bucket": {"max_tokens": 20, "tokens_per_fill": 10, "fill_interval": "1s"}},
+        "per_ip": {"key": ["client_ip"], "token_bucket": {"max_tokens": 100, "tokens_per_fill": 100, "fill_interval": "1m"}, "mode": "delay", "max_delay": "500ms"},
+        "trial": {"key": ["claim:sub"], "shadow": true, "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": "1s"}},
+        "global": {"key": ["header:x-api-key"], "service": {"cluster": "ratelimit", "domain": "meshguard", "timeout": "100ms", "failure_mode_deny": false}}
+      },
+      "rules": [
+        {"name": "health", "match": {"path": "/healthz"}, "allow_unauthenticated": true},
+        {"name": "writes", "match": {"prefix": "/api/", "methods": ["POST", "PUT", "DELETE"]}, "requires": {"any": ["corp", "partner"]}, "rate_limits": ["per_user", "global"]},
+        {"name": "api", "match": {"prefix": "/api/"}, "requires": "corp", "rate_limits": ["per_ip"]}
+      ],
+      "unmatched": "deny",
+      "access_log": {"enabled": true, "sample_rate": 1.0, "request_headers": ["user-agent", "x-request-id"]}
+    })
+}
+
+fn parse_value(value: &Value) -> Result<Config, ConfigError> {
+    parse(value.to_string().as_bytes())
+}
+
+fn error_of(change: impl FnOnce(&mut Value)) -> String {
+    let mut value = design_example();
+    change(&mut value);
+    parse_value(&value).unwrap_err().to_string()
+}
+
+#[test]
+fn the_design_example_parses_into_checked_types() {
+    let config = parse_value(&design_example()).unwrap();
+    let corp = &config.providers[config.provider_index("corp").unwrap()];
+    let KeySource::Remote(remote) = &corp.keys else {
+        panic!("corp is remote")
+    };
+    assert_eq!(remote.authority, "idp.example.com");
+    assert_eq!(remote.path, "/jwks.json");
+    assert_eq!(remote.timeout, Duration::from_secs(1));
+    assert_eq!(corp.algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+    assert_eq!(
+        config.output_headers,
+        vec!["x-user".to_string(), "x-jwt-payload".to_string()]
+    );
+    let writes = &config.rules[1];
+    assert_eq!(writes.matcher.methods, vec!["POST", "PUT", "DELETE"]);
+    assert_eq!(writes.rate_limits.len(), 2);
+    let Access::Requires(requirement) = &writes.access else {
+        panic!()
+    };
+    assert!(matches!(&requirement.kind, RequirementKind::Any(items) if items.len() == 2));
+    let per_ip = config
+        .rate_limits
+        .iter()
+        .find(|p| p.name == "per_ip")
+        .unwrap();
+    assert_eq!(
+        per_ip.mode,
+        LimitMode::Delay {
+            max_delay: Duration::from_millis(500)
+        }
+    );
+    assert_eq!(per_ip.key, vec![KeyPart::ClientIp]);
+    let global = config
+        .rate_limits
+        .iter()
+        .find(|p| p.name == "global")
+        .unwrap();
+    assert!(
+        matches!(&global.limit, Limit::Service(s) if s.domain == "meshguard" && !s.failure_mode_deny)
+    );
+    assert_eq!(
+        config.access_log.request_headers,
+        vec!["user-agent", "x-request-id"]
+    );
+}
+
+#[test]
+fn defaults_follow_envoy() {
+    let config = parse_value(&json!({
+        "providers": {"p": {"issuer": "i", "remote_jwks": {"cluster": "c", "uri": "https://idp/keys"}}},
+        "rules": [{"name": "r", "match": {}, "requires": "p"}]
+    }))
+    .unwrap();
+    let provider = &config.providers[0];
+    assert_eq!(provider.clock_skew, Duration::from_secs(60));
+    assert_eq!(provider.locations.headers[0].name, "authorization");
+    assert_eq!(provider.locations.headers[0].value_prefix, "Bearer ");
+    assert_eq!(provider.locations.params, vec!["access_token"]);
+    assert!(!provider.forward);
+    let KeySource::Remote(remote) = &provider.keys else {
+        panic!()
+    };
+    assert_eq!(
+        (remote.timeout, remote.cache_duration),
+        (Duration::from_secs(1), Duration::from_secs(600))
+    );
+    assert_eq!(config.unmatched, Unmatched::Deny);
+    assert!(config.access_log.enabled);
+}
+
+#[test]
+fn errors_name_the_json_path_and_the_reason() {
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|v| v["providers"]["corp"]["remote_jwks"]["timeout"] = json!("1 sec")),
+            "providers.corp.remote_jwks.timeout: invalid duration \"1 sec\"",
+        ),
+        (
+            Box::new(|v| v["providers"]["corp"]["remote_jwks"]["timeout"] = json!("0s")),
+            "providers.corp.remote_jwks.timeout: must be more than zero",
+        ),
+        (
+            Box::new(|v| v["providers"]["corp"]["remote_jwks"]["uri"] = json!("ftp://x")),
+            "providers.corp.remote_jwks.uri: \"ftp://x\" must start with http:// or https://",
+        ),
+        (
+            Box::new(|v| v["providers"]["corp"]["local_jwks"] = json!({"inline": OCT_JWKS})),
+            "providers.corp: set either local_jwks or remote_jwks, not both",
+        ),
+        (
+            Box::new(|v| {
+                drop(
+                    v["providers"]["partner"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("local_jwks"),
+                )
+            }),
+            "providers.partner: needs local_jwks or remote_jwks",
+        ),
+        (
+            Box::new(|v| v["providers"]["corp"]["algorithms"] = json!(["HS256"])),
+            "providers.corp.algorithms[0]: HMAC algorithms need an oct key in local_jwks",
+        ),
+        (
+            Box::new(|v| {
+                v["providers"]["corp"]["claim_to_headers"][0]["header_name"] = json!("x user")
+            }),
+            "providers.corp.claim_to_headers[0].header_name: \"x user\" is not a valid header name",
+        ),
+        (
+            Box::new(|v| v["rules"][0]["requires"] = json!("corp")),
+            "rules[0]: set either requires or allow_unauthenticated, not both",
+        ),
+        (
+            Box::new(|v| drop(v["rules"][1].as_object_mut().unwrap().remove("requires"))),
+            "rules[1]: set requires",
+        ),
+        (
+            Box::new(|v| v["rules"][1]["requires"] = json!({"any": []})),
+            "rules[1].requires.any: must not be empty",
+        ),
+        (
+            Box::new(|v| v["rules"][1]["requires"] = json!({"one": ["corp"]})),
+            "rules[1].requires.one: unknown field `one`",
+        ),
+        (
+            Box::new(|v| v["rules"][1]["requires"] = json!(7)),
+            "rules[1].requires: must be a provider name",
+        ),
+        (
+            Box::new(|v| v["rules"][2]["name"] = json!("writes")),
+            "rules[2].name: \"writes\" is already the name of rules[1]",
+        ),
+        (
+            Box::new(|v| v["rules"][2]["match"]["path"] = json!("/x")),
+            "rules[2].match: set either path or prefix, not both",
+        ),
+        (
+            Box::new(|v| v["rules"][0]["match"]["path"] = json!("healthz")),
+            "rules[0].match.path: \"healthz\" must start with /",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_ip"]["mode"] = json!("queue")),
+            "rate_limits.per_ip.mode: \"queue\" is not \"reject\" or \"delay\"",
+        ),
+        (
+            Box::new(|v| {
+                drop(
+                    v["rate_limits"]["per_ip"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("max_delay"),
+                )
+            }),
+            "rate_limits.per_ip: mode \"delay\" needs max_delay",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_user"]["max_delay"] = json!("1s")),
+            "rate_limits.per_user.max_delay: only applies to mode \"delay\"",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_user"]["token_bucket"]["max_tokens"] = json!(0)),
+            "rate_limits.per_user.token_bucket.max_tokens: must be at least 1",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_user"]["token_bucket"]["max_tokens"] = json!(-1)),
+            "rate_limits.per_user.token_bucket.max_tokens: invalid value",
+        ),
+        (
+            Box::new(|v| {
+                v["rate_limits"]["global"]["token_bucket"] =
+                    json!({"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "1s"})
+            }),
+            "rate_limits.global: set either token_bucket or service, not both",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_user"]["key"] = json!([])),
+            "rate_limits.per_user.key: must not be empty",
+        ),
+        (
+            Box::new(|v| v["rate_limits"]["per_user"]["key"] = json!(["header:"])),
+            "rate_limits.per_user.key[0]: \"header:\" needs a name",
+        ),
+        (
+            Box::new(|v| v["access_log"]["sample_rate"] = json!(1.5)),
+            "access_log.sample_rate: 1.5 is not between 0 and 1",
+        ),
+        (
+            Box::new(|v| v["unmatched"] = json!("maybe")),
+            "unmatched: \"maybe\" is not \"deny\" or \"allow\"",
+        ),
+        (
+            Box::new(|v| v["access_log"]["format"] = json!("text")),
+            "access_log.format: unknown field `format`",
+        ),
+    ];
+    for (change, expected) in cases {
+        let error = error_of(change);
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
+    }
+}
+
+#[test]
+fn explicit_but_empty_token_locations_are_an_error() {
+    let error = error_of(|v| {
+        v["providers"]["corp"]["from_headers"] = json!([]);
+        v["providers"]["corp"]["from_params"] = json!([]);
+        v["providers"]["corp"]["from_cookies"] = json!([]);
+    });
+    assert!(error.contains("no token could ever be found"), "{error}");
+}
+
+#[test]
+fn text_that_is_not_one_json_object_is_refused() {
+    for bad in ["", "providers: {}", "{} {}", "[]", "{\"providers\": 1}"] {
+        assert!(
+            parse(bad.as_bytes()).is_err(),
+            "{bad:?} parsed: {:?}",
+            parse(bad.as_bytes())
+        );
+    }
+    assert!(
+        parse(b"{}").is_ok(),
+        "an empty config is valid: it denies everything"
+    );
+}
+
+#[test]
+fn allow_missing_on_the_rule_applies_to_its_requirement() {
+    let mut value = design_example();
+    value["rules"][2]["allow_missing"] = json!(true);
+    let config = parse_value(&value).unwrap();
+    let Access::Requires(requirement) = &config.rules[2].access else {
+        panic!()
+    };
+    assert!(requirement.allow_missing);
+}
