@@ -62,7 +62,8 @@ CASES = {
         with_change(lambda c: c["rate_limits"]["per_user"].update(key=["claim:sub", "cookie:x"])),
         'rate_limits.per_user.key[1]: "cookie:x" is not a key part',
     ),
-    "not JSON at all": ("providers: {}", "expected value"),
+    "not JSON at all": ("providers: {}", "the configuration must be a JSON object"),
+    "trailing text": ("{} {}", "trailing characters"),
 }
 
 

@@ -52,15 +52,21 @@ def meshguard_filter(plugin_config, wasm=WASM):
     }
 
 
-def bootstrap(http_filters, clusters, listener_port, admin_port):
+def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    route = {"match": {"prefix": "/"}}
+    if direct_response:
+        # Benchmarks: Envoy answers itself, so only filter cost differs between runs.
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+    else:
+        route["route"] = {"cluster": "upstream"}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         # Rules match on what the filter sees: normalise first (see README, "Paths").
         "normalize_path": True,
         "merge_slashes": True,
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
         "http_filters": list(http_filters) + [router],
     }
     return {
@@ -81,7 +87,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port):
 class Envoy:
     """One Envoy process. `clusters` maps cluster name to a loopback port."""
 
-    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None):
+    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None):
         self.listener_port = free_port()
         self.admin_port = free_port()
         self.workdir = Path(workdir)
@@ -89,7 +95,9 @@ class Envoy:
         filters = http_filters if http_filters is not None else [meshguard_filter(plugin_config)]
         cluster_list = [static_cluster(name, port) for name, port in clusters.items()]
         self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
-        self.config_path.write_text(json.dumps(bootstrap(filters, cluster_list, self.listener_port, self.admin_port), indent=1))
+        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response)
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.cpu = cpu
         self.log_path = self.workdir / f"envoy-{self.listener_port}.log"
         self.concurrency = concurrency
         self.process = None
@@ -98,6 +106,8 @@ class Envoy:
     def _spawn(self):
         # Flush the log often: tests read it while Envoy runs.
         command = [str(ENVOY_BIN), "-c", str(self.config_path), "--concurrency", str(self.concurrency)]
+        if self.cpu is not None:
+            command = ["taskset", "-c", str(self.cpu)] + command
         command += ["--disable-hot-restart", "-l", "info", "--file-flush-interval-msec", "50", "--log-path", str(self.log_path)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -133,6 +143,11 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def cpu_seconds(self):
+        """User plus system CPU time the Envoy process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
