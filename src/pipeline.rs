@@ -44,11 +44,9 @@ pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decis
     let mut mutations = Mutations::default();
     // Anti-spoofing: whatever a client sent under a header meshguard writes is dropped on
     // every request, whether or not this request ends up setting it.
-    for header in &config.output_headers {
-        if request.has_header(header) {
-            mutations.remove.push(header.clone());
-        }
-    }
+    mutations
+        .remove
+        .extend(config.output_headers.iter().cloned());
     let Some((rule_index, rule)) = match_rule(&config.rules, request) else {
         return match config.unmatched {
             Unmatched::Deny => Decision::Deny {
@@ -116,6 +114,12 @@ pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decis
                     None => push_unique(&mut mutations.remove, "cookie"),
                 }
             }
+            // Setting a header replaces every client-sent value, so removing it first would
+            // only cost another call into Envoy.
+            let set = &mutations.set;
+            mutations
+                .remove
+                .retain(|name| !set.iter().any(|(written, _)| written == name));
             Decision::Allow(Allowed {
                 rule: Some(rule_index),
                 mutations,

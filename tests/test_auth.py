@@ -119,6 +119,7 @@ REFUSALS = {
     "alg none": (lambda s: unsigned_token(), "token algorithm is not allowed"),
     "malformed": (lambda s: "not.a-token", "token is malformed"),
     "crit header": (lambda s: s["ES256"].sign(headers={"crit": ["exp"]}), "token has a critical header that is not supported"),
+    "embedded jwk of the attacker": (lambda s: embedded_jwk_attack(s["ES256"]), "token signature does not verify"),
     "hmac with the rsa public key": (lambda s: rsa_hmac_confusion(s["RS256"]), "no key matches the token algorithm"),
 }
 
@@ -139,6 +140,12 @@ def unsigned_token():
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now + 600}
     return f"{b64(json.dumps({'alg': 'none'}).encode())}.{b64(json.dumps(claims).encode())}."
+
+
+def embedded_jwk_attack(victim):
+    """RFC 8725 §3.10: the attacker signs with its own key and offers it in the header."""
+    attacker = Signer("ES256", kid=victim.kid)
+    return attacker.sign(headers={"jwk": attacker.jwk, "jku": "http://attacker.test/jwks.json"})
 
 
 def rsa_hmac_confusion(rsa_signer):
@@ -269,3 +276,13 @@ def test_paths_are_normalised_before_rules_match(envoy):
     assert raw_status(envoy, "/api/../healthz") == 200
     assert raw_status(envoy, "//api//orders") == 401
     assert raw_status(envoy, "/healthz/../api/orders") == 401
+
+
+def test_token_without_kid_is_checked_against_every_fitting_key(envoy, signers):
+    assert envoy.get("/api/orders", bearer(signers["ES384"].sign(headers={"kid": None}))).status_code == 200
+
+
+def test_rsa_and_ecdsa_signatures_are_checked_by_the_host(envoy):
+    configured = [line for line in envoy.log().splitlines() if "configured" in line and "meshguard" in line]
+    assert configured, envoy.log()[-2000:]
+    assert all("verified by the host (Envoy verify_signature)" in line for line in configured)

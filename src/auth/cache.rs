@@ -1,7 +1,12 @@
-//! A bounded per-VM cache of verification outcomes, keyed by (provider, SHA-256 of the token),
-//! so a token's signature is checked once, not on every request. Failures are cached too (for
-//! less time) so a replayed bad token costs no crypto. An entry is tied to the generation of
-//! the provider's keys: new keys re-verify everything.
+//! A bounded per-VM cache of verification outcomes, so a token's signature is checked once,
+//! not on every request. Failures are cached too (for less time), so a replayed bad token
+//! costs no crypto. An entry is tied to the generation of the provider's keys: new keys
+//! re-verify everything.
+//!
+//! Keyed by the token itself in a hashbrown map (foldhash): lookups are exact, so no collision
+//! can ever hand one token's identity to another, and hashing costs a fraction of a SHA-256
+//! digest inside Wasm (measured: see README, Performance). Memory is bounded by entry count
+//! and by the bytes of the tokens held.
 
 use std::rc::Rc;
 
@@ -15,6 +20,8 @@ pub const VERIFIED_TTL_S: u64 = 300;
 /// How long a refusal is remembered.
 pub const REFUSED_TTL_S: u64 = 60;
 pub const DEFAULT_CAPACITY: usize = 2048;
+/// Token bytes held at most (per VM), whatever the token sizes.
+pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a verified token contributes to the request.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,12 +30,6 @@ pub struct VerifiedToken {
     pub subject: Option<String>,
     pub claims: Map<String, Value>,
     pub upstream_headers: Vec<(String, String)>,
-}
-
-pub type Digest = [u8; 32];
-
-pub fn digest(token: &str) -> Digest {
-    hmac_sha256::Hash::hash(token.as_bytes())
 }
 
 #[derive(Debug, Clone)]
@@ -40,90 +41,141 @@ struct Entry {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<(usize, Digest), Entry>,
+    /// One map per provider, keyed by the token.
+    by_provider: Vec<HashMap<Box<str>, Entry>>,
+    entries: usize,
+    bytes: usize,
     capacity: usize,
+    max_bytes: usize,
     pub hits: u64,
     pub misses: u64,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
-        TokenCache::with_capacity(DEFAULT_CAPACITY)
+        TokenCache::with_limits(DEFAULT_CAPACITY, DEFAULT_MAX_BYTES)
     }
 }
 
 impl TokenCache {
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         TokenCache {
-            entries: HashMap::with_capacity(capacity.min(256)),
+            by_provider: Vec::new(),
+            entries: 0,
+            bytes: 0,
             capacity: capacity.max(1),
+            max_bytes,
             hits: 0,
             misses: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn get(
         &mut self,
         provider: usize,
-        digest: &Digest,
+        token: &str,
         now_s: u64,
         keys_generation: u64,
     ) -> Option<Result<Rc<VerifiedToken>, AuthError>> {
-        let key = (provider, *digest);
-        let fresh = match self.entries.get(&key) {
-            Some(entry) => now_s < entry.expires_at_s && entry.keys_generation == keys_generation,
-            None => false,
-        };
-        if !fresh {
-            self.entries.remove(&key);
-            self.misses += 1;
-            return None;
+        let map = self.by_provider.get_mut(provider)?;
+        match map.get(token) {
+            Some(entry)
+                if now_s < entry.expires_at_s && entry.keys_generation == keys_generation =>
+            {
+                self.hits += 1;
+                Some(entry.outcome.clone())
+            }
+            Some(_) => {
+                map.remove(token);
+                self.entries -= 1;
+                self.bytes -= token.len();
+                self.misses += 1;
+                None
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
         }
-        self.hits += 1;
-        self.entries.get(&key).map(|entry| entry.outcome.clone())
     }
 
     pub fn insert(
         &mut self,
         provider: usize,
-        digest: Digest,
+        token: &str,
         outcome: Result<Rc<VerifiedToken>, AuthError>,
         now_s: u64,
         expires_at_s: u64,
         keys_generation: u64,
     ) {
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&(provider, digest)) {
-            self.make_room(now_s);
+        if token.len() > self.max_bytes {
+            return;
         }
-        self.entries.insert(
-            (provider, digest),
-            Entry {
-                outcome,
-                expires_at_s,
-                keys_generation,
-            },
-        );
+        if self.by_provider.len() <= provider {
+            self.by_provider.resize_with(provider + 1, HashMap::new);
+        }
+        let entry = Entry {
+            outcome,
+            expires_at_s,
+            keys_generation,
+        };
+        if let Some(existing) = self
+            .by_provider
+            .get_mut(provider)
+            .and_then(|map| map.get_mut(token))
+        {
+            *existing = entry;
+            return;
+        }
+        if self.entries >= self.capacity || self.bytes + token.len() > self.max_bytes {
+            self.make_room(now_s, token.len());
+        }
+        if let Some(map) = self.by_provider.get_mut(provider) {
+            map.insert(token.into(), entry);
+            self.entries += 1;
+            self.bytes += token.len();
+        }
     }
 
-    /// Drops expired entries; if that frees too little, drops an arbitrary quarter. Cheap
-    /// and bounded, which matters more here than strict LRU order.
-    fn make_room(&mut self, now_s: u64) {
-        self.entries.retain(|_, entry| entry.expires_at_s > now_s);
-        if self.entries.len() >= self.capacity {
-            let drop_count = (self.capacity / 4).max(1);
-            let victims: Vec<_> = self.entries.keys().take(drop_count).copied().collect();
-            for victim in victims {
-                self.entries.remove(&victim);
-            }
+    /// Drops expired entries; if that frees too little, drops an arbitrary quarter of each
+    /// provider's entries. Cheap and bounded, which matters more here than strict LRU order.
+    fn make_room(&mut self, now_s: u64, incoming: usize) {
+        for map in &mut self.by_provider {
+            map.retain(|_, entry| entry.expires_at_s > now_s);
         }
+        self.recount();
+        if self.entries >= self.capacity || self.bytes + incoming > self.max_bytes {
+            for map in &mut self.by_provider {
+                let victims: Vec<Box<str>> =
+                    map.keys().take(map.len().div_ceil(4)).cloned().collect();
+                for victim in victims {
+                    map.remove(&victim);
+                }
+            }
+            self.recount();
+        }
+    }
+
+    fn recount(&mut self) {
+        self.entries = self.by_provider.iter().map(HashMap::len).sum();
+        self.bytes = self
+            .by_provider
+            .iter()
+            .flat_map(|map| map.keys())
+            .map(|token| token.len())
+            .sum();
     }
 }
 
@@ -143,51 +195,51 @@ mod tests {
     #[test]
     fn serves_an_entry_until_it_expires() {
         let mut cache = TokenCache::default();
-        let d = digest("a.b.c");
-        cache.insert(0, d, verified(), 0, 100, 1);
-        assert!(cache.get(0, &d, 99, 1).unwrap().is_ok());
-        assert!(cache.get(0, &d, 100, 1).is_none());
+        cache.insert(0, "a.b.c", verified(), 0, 100, 1);
+        assert!(cache.get(0, "a.b.c", 99, 1).unwrap().is_ok());
+        assert!(cache.get(0, "a.b.c", 100, 1).is_none());
         assert_eq!((cache.hits, cache.misses), (1, 1));
+        assert!(cache.is_empty());
     }
 
     #[test]
-    fn entries_are_per_provider_and_per_key_generation() {
+    fn entries_are_per_provider_per_key_generation_and_exact() {
         let mut cache = TokenCache::default();
-        let d = digest("a.b.c");
-        cache.insert(0, d, verified(), 0, 100, 1);
-        assert!(cache.get(1, &d, 10, 1).is_none());
-        assert!(cache.get(0, &d, 10, 2).is_none());
-        assert!(cache.get(0, &digest("a.b.d"), 10, 1).is_none());
+        cache.insert(0, "a.b.c", verified(), 0, 100, 1);
+        assert!(cache.get(1, "a.b.c", 10, 1).is_none());
+        assert!(cache.get(0, "a.b.d", 10, 1).is_none());
+        assert!(cache.get(0, "a.b.c ", 10, 1).is_none());
+        assert!(cache.get(0, "a.b.c", 10, 2).is_none());
     }
 
     #[test]
     fn refusals_are_cached_as_refusals() {
         let mut cache = TokenCache::default();
-        let d = digest("x.y.z");
-        cache.insert(0, d, Err(AuthError::BadSignature), 0, 60, 0);
+        cache.insert(0, "x.y.z", Err(AuthError::BadSignature), 0, 60, 0);
         assert_eq!(
-            cache.get(0, &d, 1, 0).unwrap().unwrap_err(),
+            cache.get(0, "x.y.z", 1, 0).unwrap().unwrap_err(),
             AuthError::BadSignature
         );
     }
 
     #[test]
     fn expired_entries_are_dropped_first_when_full() {
-        let mut cache = TokenCache::with_capacity(2);
-        cache.insert(0, digest("old"), verified(), 0, 5, 0);
-        cache.insert(0, digest("live"), verified(), 0, 500, 0);
-        cache.insert(0, digest("new"), verified(), 10, 500, 0);
-        assert!(cache.get(0, &digest("live"), 10, 0).is_some());
-        assert!(cache.get(0, &digest("new"), 10, 0).is_some());
+        let mut cache = TokenCache::with_limits(2, DEFAULT_MAX_BYTES);
+        cache.insert(0, "old", verified(), 0, 5, 0);
+        cache.insert(0, "live", verified(), 0, 500, 0);
+        cache.insert(0, "new", verified(), 10, 500, 0);
+        assert!(cache.get(0, "live", 10, 0).is_some());
+        assert!(cache.get(0, "new", 10, 0).is_some());
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]
     fn stays_within_capacity_under_a_flood_of_distinct_tokens() {
-        let mut cache = TokenCache::with_capacity(64);
+        let mut cache = TokenCache::with_limits(64, DEFAULT_MAX_BYTES);
         for i in 0..10_000u64 {
             cache.insert(
-                0,
-                digest(&i.to_string()),
+                i as usize % 3,
+                &i.to_string(),
                 Err(AuthError::BadSignature),
                 0,
                 1_000 + i,
@@ -195,7 +247,20 @@ mod tests {
             );
             assert!(cache.len() <= 64);
         }
-        // The newest entry is still there.
-        assert!(cache.get(0, &digest("9999"), 0, 0).is_some());
+        assert!(
+            cache.get(0, "9999", 0, 0).is_some(),
+            "the newest entry is kept"
+        );
+    }
+
+    #[test]
+    fn stays_within_its_byte_budget_whatever_the_token_size() {
+        let mut cache = TokenCache::with_limits(10_000, 64 * 1024);
+        for i in 0..500 {
+            let token = format!("{i}{}", "x".repeat(8 * 1024));
+            cache.insert(0, &token, Err(AuthError::BadSignature), 0, 60, 0);
+            assert!(cache.bytes() <= 64 * 1024, "{} bytes held", cache.bytes());
+        }
+        assert!(!cache.is_empty());
     }
 }

@@ -21,7 +21,7 @@ pub(crate) mod testkeys;
 
 use std::rc::Rc;
 
-use cache::{digest, TokenCache, VerifiedToken, REFUSED_TTL_S, VERIFIED_TTL_S};
+use cache::{TokenCache, VerifiedToken, REFUSED_TTL_S, VERIFIED_TTL_S};
 use error::AuthError;
 use extract::{extract, Extracted, Location};
 use remote::{Availability, FetchReason, KeyStore};
@@ -70,9 +70,8 @@ pub fn authenticate(
     let availability = env
         .keys
         .availability(env.config, provider_index, env.now_ms);
-    let token_digest = digest(&token);
     if let Availability::Ready { generation, .. } = availability {
-        if let Some(cached) = cache.get(provider_index, &token_digest, now_s, generation) {
+        if let Some(cached) = cache.get(provider_index, &token, now_s, generation) {
             return match cached {
                 Ok(token) => ProviderOutcome::Verified { token, locations },
                 Err(error) => ProviderOutcome::Failed(error),
@@ -113,7 +112,7 @@ pub fn authenticate(
         Err(error) => {
             cache.insert(
                 provider_index,
-                token_digest,
+                &token,
                 Err(error),
                 now_s,
                 now_s + REFUSED_TTL_S,
@@ -140,7 +139,7 @@ pub fn authenticate(
             );
             cache.insert(
                 provider_index,
-                token_digest,
+                &token,
                 Ok(verified.clone()),
                 now_s,
                 expires,

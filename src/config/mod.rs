@@ -53,6 +53,18 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Every header meshguard writes upstream; client-sent copies are removed on every request.
     pub output_headers: Vec<String>,
+    /// What the pipeline reads from a request, so the host fetches only that.
+    pub reads: RequestReads,
+}
+
+/// The parts of a request the configured rules and providers look at. Fetching a few named
+/// headers costs less than copying the whole header map into the VM on every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestReads {
+    pub method: bool,
+    pub authority: bool,
+    /// Lower-case names of ordinary headers.
+    pub headers: Vec<String>,
 }
 
 impl Config {

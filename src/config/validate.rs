@@ -137,6 +137,7 @@ impl Builder {
                 }
             }
         }
+        let reads = request_reads(&providers, &rules);
         Ok(Config {
             providers,
             rate_limits,
@@ -144,6 +145,7 @@ impl Builder {
             unmatched,
             access_log,
             output_headers,
+            reads,
         })
     }
 
@@ -278,6 +280,29 @@ impl Builder {
                 "must be a provider name, {\"any\": [...]} or {\"all\": [...]}",
             )),
         }
+    }
+}
+
+fn request_reads(providers: &[Provider], rules: &[Rule]) -> RequestReads {
+    let mut headers: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !headers.iter().any(|h| h == name) {
+            headers.push(name.to_owned());
+        }
+    };
+    for rule in rules {
+        rule.matcher.headers.iter().for_each(|(name, _)| add(name));
+    }
+    for provider in providers {
+        provider.locations.headers.iter().for_each(|h| add(&h.name));
+        if !provider.locations.cookies.is_empty() {
+            add("cookie");
+        }
+    }
+    RequestReads {
+        method: rules.iter().any(|r| !r.matcher.methods.is_empty()),
+        authority: rules.iter().any(|r| !r.matcher.hosts.is_empty()),
+        headers,
     }
 }
 

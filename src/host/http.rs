@@ -12,6 +12,7 @@ use super::jwks;
 use super::state::{now_ms, VmState, Waiter, WAITING_TICK};
 use crate::auth::error::AuthError;
 use crate::auth::remote::LEASE_MARGIN_MS;
+use crate::config::RequestReads;
 use crate::pipeline::{Decision, Mutations};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
@@ -221,12 +222,45 @@ impl Context for MeshguardHttp {
 
 impl HttpContext for MeshguardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let request = Request::from_header_map(self.get_http_request_headers());
+        let reads = match self.state.try_borrow() {
+            Ok(st) => st.config.clone(),
+            Err(_) => return carry_out(&StreamAction::Reply(reply::internal_error()), false),
+        };
+        let request = gather_request(&reads.reads);
         let action = match self.state.try_borrow_mut() {
             Ok(mut st) => decide_new(&mut st, self.context_id, request),
             Err(_) => StreamAction::Reply(reply::internal_error()),
         };
         carry_out(&action, false)
+    }
+}
+
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Fetches only what the configuration reads (see `RequestReads`).
+fn gather_request(reads: &RequestReads) -> Request {
+    let headers = reads
+        .headers
+        .iter()
+        .filter_map(|name| request_header(name).map(|value| (name.clone(), value)))
+        .collect();
+    Request {
+        method: if reads.method {
+            request_header(":method").unwrap_or_default()
+        } else {
+            String::new()
+        },
+        path: request_header(":path").unwrap_or_default(),
+        authority: if reads.authority {
+            request_header(":authority").unwrap_or_default()
+        } else {
+            String::new()
+        },
+        headers,
     }
 }
 
