@@ -1,6 +1,7 @@
 //! The facts about one request that the cores decide on, gathered by the host adapter.
 
-/// Header names are lower-case (Envoy delivers them so); pseudo-headers are not in `headers`.
+/// Header names are lower-case (Envoy delivers them so); `headers` holds only those the
+/// configuration reads (`config::RequestReads`).
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     pub method: String,
@@ -25,23 +26,6 @@ impl Request {
         }
     }
 
-    /// Builds a request from Envoy's header map, pseudo-headers included.
-    pub fn from_header_map(map: Vec<(String, String)>) -> Request {
-        let mut request = Request::default();
-        let mut headers = Vec::with_capacity(map.len());
-        for (name, value) in map {
-            match name.as_str() {
-                ":method" => request.method = value,
-                ":path" => request.path = value,
-                ":authority" => request.authority = value,
-                other if other.starts_with(':') => {}
-                _ => headers.push((name, value)),
-            }
-        }
-        request.headers = headers;
-        request
-    }
-
     /// The path without its query: what rules match on.
     pub fn path_only(&self) -> &str {
         self.path
@@ -62,14 +46,6 @@ impl Request {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_values(name).next()
-    }
-
-    pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
-    }
 }
 
 #[cfg(test)]
@@ -77,18 +53,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_pseudo_headers_from_headers() {
-        let request = Request::from_header_map(vec![
-            (":method".into(), "POST".into()),
-            (":path".into(), "/api/x?token=1".into()),
-            (":authority".into(), "svc".into()),
-            (":scheme".into(), "http".into()),
-            ("x-a".into(), "1".into()),
-        ]);
-        assert_eq!(request.method, "POST");
+    fn path_and_query_are_split_at_the_first_question_mark() {
+        let request = Request::new(
+            "POST",
+            "/api/x?token=1?2",
+            "svc",
+            vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())],
+        );
         assert_eq!(request.path_only(), "/api/x");
-        assert_eq!(request.query(), Some("token=1"));
-        assert_eq!(request.header("x-a"), Some("1"));
-        assert_eq!(request.headers.len(), 1);
+        assert_eq!(request.query(), Some("token=1?2"));
+        assert_eq!(
+            request.header_values("x-a").collect::<Vec<_>>(),
+            vec!["1", "2"]
+        );
+        assert_eq!(Request::new("GET", "/", "", vec![]).query(), None);
     }
 }

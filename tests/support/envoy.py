@@ -145,9 +145,15 @@ class Envoy:
                 self.process.wait()
 
     def cpu_seconds(self):
-        """User plus system CPU time the Envoy process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time all of Envoy's threads have used so far, from the scheduler's nanosecond
+        accounting (/proc/PID/task/*/schedstat), finer than the 10 ms ticks of /proc/PID/stat."""
+        total_ns = 0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                total_ns += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a thread that just ended
+        return total_ns / 1e9
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
