@@ -7,7 +7,9 @@ use crate::auth::cache::{TokenCache, VerifiedToken};
 use crate::auth::extract::{cookie_header_without, path_without_params, Location};
 use crate::auth::remote::FetchReason;
 use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
-use crate::config::{Access, Unmatched};
+use crate::config::{Access, Config, Rule, Unmatched};
+use crate::ratelimit::key::KeyFacts;
+use crate::ratelimit::{self, BucketStore, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 use crate::rules::match_rule;
@@ -26,6 +28,8 @@ pub struct Allowed {
     pub rule: Option<usize>,
     pub mutations: Mutations,
     pub identities: Vec<Rc<VerifiedToken>>,
+    /// What each rate-limit policy of the rule decided.
+    pub limits: Vec<PolicyOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,11 +39,21 @@ pub enum Decision {
         rule: Option<usize>,
         reply: LocalReply,
     },
+    /// Hold the request `wait_ms` (delay mode), then forward it as `Allowed`.
+    Delay {
+        wait_ms: u64,
+        allowed: Allowed,
+    },
     /// Pause the request until these providers' keys are fetched, then decide again.
     AwaitKeys(Vec<(usize, FetchReason)>),
 }
 
-pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decision {
+pub fn decide(
+    env: &AuthEnv,
+    cache: &mut TokenCache,
+    buckets: &mut dyn BucketStore,
+    request: &Request,
+) -> Decision {
     let config = env.config;
     let mut mutations = Mutations::default();
     // Anti-spoofing: whatever a client sent under a header meshguard writes is dropped on
@@ -57,16 +71,19 @@ pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decis
                 rule: None,
                 mutations,
                 identities: Vec::new(),
+                limits: Vec::new(),
             }),
         };
     };
     let requirement = match &rule.access {
         Access::AllowUnauthenticated => {
-            return Decision::Allow(Allowed {
+            let allowed = Allowed {
                 rule: Some(rule_index),
                 mutations,
                 identities: Vec::new(),
-            })
+                limits: Vec::new(),
+            };
+            return limit(config, rule, allowed, request, buckets, env.now_ms);
         }
         Access::Requires(requirement) => requirement,
     };
@@ -120,11 +137,13 @@ pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decis
             mutations
                 .remove
                 .retain(|name| !set.iter().any(|(written, _)| written == name));
-            Decision::Allow(Allowed {
+            let allowed = Allowed {
                 rule: Some(rule_index),
                 mutations,
                 identities,
-            })
+                limits: Vec::new(),
+            };
+            limit(config, rule, allowed, request, buckets, env.now_ms)
         }
         Verdict::Missing => Decision::Deny {
             rule: Some(rule_index),
@@ -144,6 +163,46 @@ pub fn decide(env: &AuthEnv, cache: &mut TokenCache, request: &Request) -> Decis
                 })
                 .collect(),
         ),
+    }
+}
+
+/// The rate-limit step: the rule's policies, keyed by what the request and its tokens carry.
+fn limit(
+    config: &Config,
+    rule: &Rule,
+    mut allowed: Allowed,
+    request: &Request,
+    buckets: &mut dyn BucketStore,
+    now_ms: u64,
+) -> Decision {
+    if rule.rate_limits.is_empty() {
+        return Decision::Allow(allowed);
+    }
+    let facts = KeyFacts {
+        request,
+        rule: &rule.name,
+        claims: allowed
+            .identities
+            .iter()
+            .map(|token| &token.claims)
+            .collect(),
+    };
+    match ratelimit::apply(config, &rule.rate_limits, &facts, buckets, now_ms) {
+        ratelimit::Verdict::Allowed(outcomes) => {
+            allowed.limits = outcomes;
+            Decision::Allow(allowed)
+        }
+        ratelimit::Verdict::Delayed { wait_ms, outcomes } => {
+            allowed.limits = outcomes;
+            Decision::Delay { wait_ms, allowed }
+        }
+        ratelimit::Verdict::Refused {
+            outcomes,
+            refused_by,
+        } => Decision::Deny {
+            rule: allowed.rule,
+            reply: reply::rate_limited(config, &outcomes, refused_by),
+        },
     }
 }
 

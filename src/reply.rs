@@ -108,6 +108,26 @@ pub fn no_rule_matches() -> LocalReply {
     )
 }
 
+/// 429 for a request over a rate limit, with the policy and state headers of every policy.
+pub fn rate_limited(
+    config: &crate::config::Config,
+    outcomes: &[crate::ratelimit::PolicyOutcome],
+    refused_by: usize,
+) -> LocalReply {
+    let name = outcomes
+        .get(refused_by)
+        .and_then(|o| config.rate_limits.get(o.policy))
+        .map_or("rate limit", |p| p.name.as_str());
+    let headers = crate::ratelimit::headers::rate_limit_headers(config, outcomes, Some(refused_by));
+    reply(
+        429,
+        headers,
+        "rate_limited",
+        &format!("rate limit {name:?} exceeded"),
+        "meshguard_rate_limited",
+    )
+}
+
 /// 500 when the filter cannot decide (no valid configuration): fail closed, never open.
 pub fn internal_error() -> LocalReply {
     reply(

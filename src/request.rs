@@ -9,6 +9,8 @@ pub struct Request {
     pub path: String,
     pub authority: String,
     pub headers: Vec<(String, String)>,
+    /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
+    pub client_ip: Option<String>,
 }
 
 impl Request {
@@ -23,6 +25,7 @@ impl Request {
             path: path.to_owned(),
             authority: authority.to_owned(),
             headers,
+            client_ip: None,
         }
     }
 

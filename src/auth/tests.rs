@@ -12,6 +12,7 @@ use crate::auth::jws::Jws;
 use crate::auth::verify::{PortableVerifier, SignatureError};
 use crate::config;
 use crate::pipeline::{decide, Decision};
+use crate::ratelimit::MemoryBuckets;
 
 const NOW_MS: u64 = 1_700_000_000_000;
 const HMAC_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -81,7 +82,12 @@ fn run(config: &Config, req: &Request) -> Decision {
         verifier: &PortableVerifier,
         now_ms: NOW_MS,
     };
-    decide(&env, &mut TokenCache::default(), req)
+    decide(
+        &env,
+        &mut TokenCache::default(),
+        &mut MemoryBuckets::default(),
+        req,
+    )
 }
 
 fn valid_claims() -> jwt_simple::prelude::JWTClaims<serde_json::Value> {
@@ -109,6 +115,7 @@ fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow(_) => 200,
         Decision::Deny { reply, .. } => reply.status,
+        Decision::Delay { .. } => 1,
         Decision::AwaitKeys(_) => 0,
     }
 }
@@ -530,6 +537,7 @@ fn verified_and_refused_tokens_are_checked_once_then_served_from_cache() {
             status(&decide(
                 &env,
                 &mut cache,
+                &mut MemoryBuckets::default(),
                 &request("/api/x", &[("authorization", &good)])
             )),
             200
@@ -538,6 +546,7 @@ fn verified_and_refused_tokens_are_checked_once_then_served_from_cache() {
             status(&decide(
                 &env,
                 &mut cache,
+                &mut MemoryBuckets::default(),
                 &request("/api/x", &[("authorization", &bad)])
             )),
             401
@@ -566,6 +575,7 @@ fn a_cached_token_still_expires_on_time() {
         status(&decide(
             &at(NOW_MS),
             &mut cache,
+            &mut MemoryBuckets::default(),
             &request("/api/x", &[("authorization", &token)])
         )),
         200
@@ -573,6 +583,7 @@ fn a_cached_token_still_expires_on_time() {
     let later = decide(
         &at(NOW_MS + 11_000),
         &mut cache,
+        &mut MemoryBuckets::default(),
         &request("/api/x", &[("authorization", &token)]),
     );
     assert!(reason(&later).contains("expired"));
@@ -600,7 +611,12 @@ fn remote_keys_pending_pause_and_failure_without_keys_is_503() {
             verifier: &PortableVerifier,
             now_ms,
         };
-        decide(&env, &mut TokenCache::default(), &req)
+        decide(
+            &env,
+            &mut TokenCache::default(),
+            &mut MemoryBuckets::default(),
+            &req,
+        )
     };
     assert_eq!(
         decide_now(&keys, NOW_MS),
@@ -640,7 +656,12 @@ fn unknown_kid_asks_for_one_early_refetch_then_401() {
             verifier: &PortableVerifier,
             now_ms,
         };
-        decide(&env, &mut TokenCache::default(), &req)
+        decide(
+            &env,
+            &mut TokenCache::default(),
+            &mut MemoryBuckets::default(),
+            &req,
+        )
     };
     assert_eq!(
         decide_now(&keys, NOW_MS),

@@ -63,6 +63,8 @@ pub struct Config {
 pub struct RequestReads {
     pub method: bool,
     pub authority: bool,
+    /// The downstream address (a `client_ip` rate-limit key).
+    pub client_ip: bool,
     /// Lower-case names of ordinary headers.
     pub headers: Vec<String>,
 }

@@ -137,7 +137,7 @@ impl Builder {
                 }
             }
         }
-        let reads = request_reads(&providers, &rules);
+        let reads = request_reads(&providers, &rules, &rate_limits);
         Ok(Config {
             providers,
             rate_limits,
@@ -283,7 +283,11 @@ impl Builder {
     }
 }
 
-fn request_reads(providers: &[Provider], rules: &[Rule]) -> RequestReads {
+fn request_reads(
+    providers: &[Provider],
+    rules: &[Rule],
+    rate_limits: &[RateLimitPolicy],
+) -> RequestReads {
     let mut headers: Vec<String> = Vec::new();
     let mut add = |name: &str| {
         if !headers.iter().any(|h| h == name) {
@@ -299,9 +303,18 @@ fn request_reads(providers: &[Provider], rules: &[Rule]) -> RequestReads {
             add("cookie");
         }
     }
+    let mut client_ip = false;
+    for part in rate_limits.iter().flat_map(|p| &p.key) {
+        match part {
+            KeyPart::Header(name) => add(name),
+            KeyPart::ClientIp => client_ip = true,
+            _ => {}
+        }
+    }
     RequestReads {
         method: rules.iter().any(|r| !r.matcher.methods.is_empty()),
         authority: rules.iter().any(|r| !r.matcher.hosts.is_empty()),
+        client_ip,
         headers,
     }
 }

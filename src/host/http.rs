@@ -9,11 +9,12 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::jwks;
-use super::state::{now_ms, VmState, Waiter, WAITING_TICK};
+use super::state::{now_ms, Delayed, VmState, Waiter, WAITING_TICK};
 use crate::auth::error::AuthError;
 use crate::auth::remote::LEASE_MARGIN_MS;
 use crate::config::RequestReads;
 use crate::pipeline::{Decision, Mutations};
+use crate::ratelimit::{self, key::ip_of_address};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 
@@ -86,10 +87,21 @@ fn waiting_on_fetch(
     })
 }
 
-fn action_for(decision: Decision) -> StreamAction {
+/// Turns a decision into an action; a delayed request is parked until its token is due.
+fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) -> StreamAction {
     match decision {
         Decision::Allow(allowed) => StreamAction::Forward(allowed.mutations),
         Decision::Deny { reply, .. } => StreamAction::Reply(reply),
+        Decision::Delay { wait_ms, allowed } => {
+            state.delayed.push(Delayed {
+                context_id,
+                due_ms: now.saturating_add(wait_ms),
+                mutations: allowed.mutations,
+                limits: allowed.limits,
+            });
+            let _ = hostcalls::set_tick_period(state.tick_period(now));
+            StreamAction::Wait
+        }
         Decision::AwaitKeys(_) => StreamAction::Wait,
     }
 }
@@ -109,7 +121,7 @@ fn decide_new(state: &mut VmState, context_id: u32, request: Request) -> StreamA
         }
     }
     let Decision::AwaitKeys(needs) = decision else {
-        return action_for(decision);
+        return settle(state, context_id, decision, now);
     };
     for (provider, reason) in &needs {
         jwks::start_fetch(state, *provider, *reason, now);
@@ -122,7 +134,7 @@ fn decide_new(state: &mut VmState, context_id: u32, request: Request) -> StreamA
                     retry_after_s: 1,
                 }))
             }
-            other => action_for(other),
+            other => settle(state, context_id, other, now),
         };
     }
     let longest_timeout = needs
@@ -169,7 +181,12 @@ pub fn resume_waiters(state: &Rc<RefCell<VmState>>, current_context: u32) {
                         still_waiting.push(waiter);
                     }
                 }
-                other => decided.push((waiter.context_id, action_for(other))),
+                other => {
+                    let action = settle(&mut st, waiter.context_id, other, now);
+                    if !matches!(action, StreamAction::Wait) {
+                        decided.push((waiter.context_id, action));
+                    }
+                }
             }
         }
         st.waiters = still_waiting;
@@ -181,6 +198,29 @@ pub fn resume_waiters(state: &Rc<RefCell<VmState>>, current_context: u32) {
         }
     }
     if !actions.is_empty() {
+        let _ = hostcalls::set_effective_context(current_context);
+    }
+}
+
+/// Forwards the delayed requests whose tokens are now due; then restores `current_context`.
+pub fn resume_delayed(state: &Rc<RefCell<VmState>>, current_context: u32) {
+    let now = now_ms();
+    let due: Vec<Delayed> = {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        let (due, later): (Vec<Delayed>, Vec<Delayed>) = std::mem::take(&mut st.delayed)
+            .into_iter()
+            .partition(|d| d.due_ms <= now);
+        st.delayed = later;
+        due
+    };
+    for delayed in &due {
+        if hostcalls::set_effective_context(delayed.context_id).is_ok() {
+            carry_out(&StreamAction::Forward(delayed.mutations.clone()), true);
+        }
+    }
+    if !due.is_empty() {
         let _ = hostcalls::set_effective_context(current_context);
     }
 }
@@ -248,7 +288,18 @@ fn gather_request(reads: &RequestReads) -> Request {
         .iter()
         .filter_map(|name| request_header(name).map(|value| (name.clone(), value)))
         .collect();
+    let client_ip = reads
+        .client_ip
+        .then(|| {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+        })
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|address| ip_of_address(&address).to_owned());
     Request {
+        client_ip,
         method: if reads.method {
             request_header(":method").unwrap_or_default()
         } else {
@@ -266,10 +317,20 @@ fn gather_request(reads: &RequestReads) -> Request {
 
 impl Drop for MeshguardHttp {
     fn drop(&mut self) {
-        // A paused request whose client went away gives up its place.
+        // A paused request whose client went away gives up its place (and a delayed one
+        // its reserved tokens).
         if let Ok(mut st) = self.state.try_borrow_mut() {
             st.waiters
                 .retain(|waiter| waiter.context_id != self.context_id);
+            if let Some(index) = st
+                .delayed
+                .iter()
+                .position(|d| d.context_id == self.context_id)
+            {
+                let delayed = st.delayed.swap_remove(index);
+                let config = st.config.clone();
+                ratelimit::release(&config, &delayed.limits, &mut st.buckets);
+            }
         }
     }
 }

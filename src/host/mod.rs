@@ -2,6 +2,7 @@
 //! calls the pipeline, and carries out the decision: header changes, a local reply, or a pause
 //! while signing keys are fetched.
 
+mod buckets;
 mod crypto;
 mod http;
 mod jwks;

@@ -9,10 +9,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use super::buckets::create_slots;
 use super::crypto::{detect_host_crypto, HostVerifier};
-use super::http::{on_call_response, resume_waiters, MeshguardHttp, Unconfigured};
+use super::http::{on_call_response, resume_delayed, resume_waiters, MeshguardHttp, Unconfigured};
 use super::jwks;
-use super::state::{now_ms, VmState, IDLE_TICK, WAITING_TICK};
+use super::state::{now_ms, VmState};
 use crate::config;
 
 pub struct MeshguardRoot {
@@ -67,10 +68,9 @@ impl RootContext for MeshguardRoot {
                 "in Wasm (jwt-simple); the host has no verify_signature"
             }
         );
+        create_slots(&config);
         let state = VmState::new(config, HostVerifier { host_crypto });
-        if state.has_remote_providers() {
-            let _ = hostcalls::set_tick_period(IDLE_TICK);
-        }
+        let _ = hostcalls::set_tick_period(state.tick_period(now_ms()));
         self.state = Some(Rc::new(RefCell::new(state)));
         true
     }
@@ -83,11 +83,11 @@ impl RootContext for MeshguardRoot {
             jwks::on_tick(&mut st, now_ms());
         }
         resume_waiters(&state, self.context_id);
-        let waiting = state
-            .try_borrow()
-            .map(|st| !st.waiters.is_empty())
-            .unwrap_or(false);
-        let _ = hostcalls::set_tick_period(if waiting { WAITING_TICK } else { IDLE_TICK });
+        resume_delayed(&state, self.context_id);
+        let period = state.try_borrow().map(|st| st.tick_period(now_ms()));
+        if let Ok(period) = period {
+            let _ = hostcalls::set_tick_period(period);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -7,12 +7,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 
+use super::buckets::HostBuckets;
 use super::crypto::HostVerifier;
 use crate::auth::cache::TokenCache;
 use crate::auth::remote::KeyStore;
 use crate::auth::AuthEnv;
 use crate::config::Config;
-use crate::pipeline::{decide, Decision};
+use crate::pipeline::{decide, Decision, Mutations};
+use crate::ratelimit::PolicyOutcome;
 use crate::request::Request;
 
 /// A request paused until its provider's keys arrive (or its deadline passes).
@@ -22,12 +24,23 @@ pub struct Waiter {
     pub deadline_ms: u64,
 }
 
+/// A request held by a delay-mode rate limit until its token is due.
+pub struct Delayed {
+    pub context_id: u32,
+    pub due_ms: u64,
+    pub mutations: Mutations,
+    /// The reservations to give back if the request goes away first.
+    pub limits: Vec<PolicyOutcome>,
+}
+
 pub struct VmState {
     pub config: Rc<Config>,
     pub keys: KeyStore,
     pub cache: TokenCache,
     pub verifier: HostVerifier,
     pub waiters: Vec<Waiter>,
+    pub delayed: Vec<Delayed>,
+    pub buckets: HostBuckets,
     /// HTTP call token -> provider index, for JWKS fetches this VM started.
     pub fetches: HashMap<u32, usize>,
 }
@@ -40,6 +53,8 @@ impl VmState {
             cache: TokenCache::default(),
             verifier,
             waiters: Vec::new(),
+            delayed: Vec::new(),
+            buckets: HostBuckets,
             fetches: HashMap::new(),
         }
     }
@@ -51,11 +66,33 @@ impl VmState {
             verifier: &self.verifier,
             now_ms,
         };
-        decide(&env, &mut self.cache, request)
+        decide(&env, &mut self.cache, &mut self.buckets, request)
     }
 
     pub fn has_remote_providers(&self) -> bool {
         (0..self.config.providers.len()).any(|p| self.keys.remote(p).is_some())
+    }
+
+    /// How often the root context should tick: soon enough for the next delayed request, fast
+    /// while requests wait for keys, else slowly for key refreshes (or not at all).
+    pub fn tick_period(&self, now_ms: u64) -> Duration {
+        let mut period = if self.has_remote_providers() {
+            IDLE_TICK
+        } else {
+            Duration::ZERO
+        };
+        if !self.waiters.is_empty() {
+            period = WAITING_TICK;
+        }
+        if let Some(due) = self.delayed.iter().map(|d| d.due_ms).min() {
+            let until = Duration::from_millis(due.saturating_sub(now_ms).max(1));
+            period = if period.is_zero() {
+                until
+            } else {
+                period.min(until)
+            };
+        }
+        period
     }
 }
 

@@ -1,0 +1,134 @@
+//! The bucket key of a request for one policy: its key parts, joined. A part that is missing
+//! (no such header, no such claim) is its own bucket `-`, never a bypass; present values are
+//! written `=value`, so a header whose value is "-" is not confused with a missing one.
+
+use serde_json::{Map, Value};
+
+use crate::auth::outputs::claim_header_value;
+use crate::config::KeyPart;
+use crate::request::Request;
+
+pub struct KeyFacts<'a> {
+    pub request: &'a Request,
+    pub rule: &'a str,
+    /// Claims of the verified tokens, first provider first.
+    pub claims: Vec<&'a Map<String, Value>>,
+}
+
+fn push_part(key: &mut String, value: Option<&str>) {
+    if !key.is_empty() {
+        key.push('|');
+    }
+    match value {
+        None => key.push('-'),
+        Some(value) => {
+            key.push('=');
+            for c in value.chars() {
+                match c {
+                    '|' => key.push_str("%7C"),
+                    '%' => key.push_str("%25"),
+                    other => key.push(other),
+                }
+            }
+        }
+    }
+}
+
+pub fn build_key(parts: &[KeyPart], facts: &KeyFacts) -> String {
+    let mut key = String::new();
+    for part in parts {
+        match part {
+            KeyPart::ClientIp => push_part(&mut key, facts.request.client_ip.as_deref()),
+            KeyPart::Header(name) => push_part(&mut key, facts.request.header_values(name).next()),
+            KeyPart::Claim(name) => {
+                let value = facts
+                    .claims
+                    .iter()
+                    .find_map(|claims| claim_header_value(claims, name));
+                push_part(&mut key, value.as_deref());
+            }
+            KeyPart::Rule => push_part(&mut key, Some(facts.rule)),
+            KeyPart::Path => push_part(&mut key, Some(facts.request.path_only())),
+            KeyPart::Const(text) => push_part(&mut key, Some(text)),
+        }
+    }
+    key
+}
+
+/// The address part of Envoy's `source.address` (`10.0.0.1:5555`, `[::1]:5555`).
+pub fn ip_of_address(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(ip, _)| ip);
+    }
+    match address.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip,
+        _ => address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request() -> Request {
+        let mut request = Request::new(
+            "GET",
+            "/api/x?q=1",
+            "svc",
+            vec![("x-api-key".into(), "k|1".into())],
+        );
+        request.client_ip = Some("10.0.0.7".into());
+        request
+    }
+
+    #[test]
+    fn joins_parts_and_marks_missing_ones() {
+        let request = request();
+        let claims = json!({"sub": "alice", "tier": 2})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let facts = KeyFacts {
+            request: &request,
+            rule: "api",
+            claims: vec![&claims],
+        };
+        let parts = vec![
+            KeyPart::ClientIp,
+            KeyPart::Header("x-api-key".into()),
+            KeyPart::Header("x-absent".into()),
+            KeyPart::Claim("sub".into()),
+            KeyPart::Claim("tier".into()),
+            KeyPart::Claim("absent".into()),
+            KeyPart::Rule,
+            KeyPart::Path,
+            KeyPart::Const("v1".into()),
+        ];
+        assert_eq!(
+            build_key(&parts, &facts),
+            "=10.0.0.7|=k%7C1|-|=alice|=2|-|=api|=/api/x|=v1"
+        );
+    }
+
+    #[test]
+    fn a_dash_value_is_not_a_missing_value() {
+        let request = Request::new("GET", "/", "", vec![("x-k".into(), "-".into())]);
+        let facts = KeyFacts {
+            request: &request,
+            rule: "r",
+            claims: vec![],
+        };
+        let present = build_key(&[KeyPart::Header("x-k".into())], &facts);
+        let missing = build_key(&[KeyPart::Header("x-other".into())], &facts);
+        assert_ne!(present, missing);
+    }
+
+    #[test]
+    fn client_ip_without_port() {
+        assert_eq!(ip_of_address("10.1.2.3:5555"), "10.1.2.3");
+        assert_eq!(ip_of_address("[::1]:5555"), "::1");
+        assert_eq!(ip_of_address("::1"), "::1");
+        assert_eq!(ip_of_address("10.1.2.3"), "10.1.2.3");
+    }
+}

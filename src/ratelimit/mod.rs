@@ -1,0 +1,170 @@
+//! Traffic shaping: a rule's rate-limit policies, applied after auth. Pure: buckets are reached
+//! through `BucketStore`, which the host implements with proxy-wasm shared data (exact across
+//! workers) and tests implement in memory.
+
+pub mod bucket;
+pub mod headers;
+pub mod key;
+pub mod slots;
+
+use bucket::{Take, TakeMode};
+use key::{build_key, KeyFacts};
+
+use crate::config::{Config, Limit, LimitMode, RateLimitPolicy, TokenBucket};
+
+/// Buckets shared by every worker.
+pub trait BucketStore {
+    fn take(
+        &mut self,
+        policy: &RateLimitPolicy,
+        bucket: &TokenBucket,
+        key: &str,
+        now_ms: u64,
+        mode: TakeMode,
+    ) -> Take;
+    fn refund(&mut self, policy: &RateLimitPolicy, bucket: &TokenBucket, key: &str);
+}
+
+/// What one policy decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    /// Index into `Config::rate_limits`.
+    pub policy: usize,
+    pub key: String,
+    pub take: Take,
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every policy allowed (shadow refusals included here: they never refuse).
+    Allowed(Vec<PolicyOutcome>),
+    /// Allowed after `wait_ms`; tokens are reserved (refund them if the request goes away).
+    Delayed {
+        wait_ms: u64,
+        outcomes: Vec<PolicyOutcome>,
+    },
+    /// `refused_by` (an index into the outcomes) said no; tokens taken by the others were refunded.
+    Refused {
+        outcomes: Vec<PolicyOutcome>,
+        refused_by: usize,
+    },
+}
+
+fn take_mode(policy: &RateLimitPolicy) -> TakeMode {
+    match policy.mode {
+        // A shadow policy never holds a request, so it never reserves.
+        LimitMode::Delay { max_delay } if !policy.shadow => TakeMode::Delay {
+            max_delay_ms: u64::try_from(max_delay.as_millis()).unwrap_or(u64::MAX),
+        },
+        _ => TakeMode::Reject,
+    }
+}
+
+/// Applies `policies` in order. A request passes only if every enforcing policy lets it; when
+/// one refuses, tokens already taken from the others are given back, so a refused request
+/// costs nothing elsewhere. Policies with `service` (global limits) are not local buckets and
+/// are skipped here.
+pub fn apply(
+    config: &Config,
+    policies: &[usize],
+    facts: &KeyFacts,
+    store: &mut dyn BucketStore,
+    now_ms: u64,
+) -> Verdict {
+    let mut outcomes: Vec<PolicyOutcome> = Vec::with_capacity(policies.len());
+    for &index in policies {
+        let Some(policy) = config.rate_limits.get(index) else {
+            continue;
+        };
+        let Limit::Local(bucket) = &policy.limit else {
+            continue;
+        };
+        let key = build_key(&policy.key, facts);
+        let take = store.take(policy, bucket, &key, now_ms, take_mode(policy));
+        outcomes.push(PolicyOutcome {
+            policy: index,
+            key,
+            take,
+            shadow: policy.shadow,
+        });
+        if matches!(take, Take::Refused { .. }) && !policy.shadow {
+            let refused_by = outcomes.len() - 1;
+            for earlier in outcomes.iter().take(refused_by) {
+                if matches!(earlier.take, Take::Allowed { .. } | Take::Delayed { .. }) {
+                    refund(config, earlier, store);
+                }
+            }
+            return Verdict::Refused {
+                outcomes,
+                refused_by,
+            };
+        }
+    }
+    let wait_ms = outcomes
+        .iter()
+        .filter_map(|o| match o.take {
+            Take::Delayed { wait_ms, .. } => Some(wait_ms),
+            _ => None,
+        })
+        .max();
+    match wait_ms {
+        Some(wait_ms) => Verdict::Delayed { wait_ms, outcomes },
+        None => Verdict::Allowed(outcomes),
+    }
+}
+
+fn refund(config: &Config, outcome: &PolicyOutcome, store: &mut dyn BucketStore) {
+    if let Some(policy) = config.rate_limits.get(outcome.policy) {
+        if let Limit::Local(bucket) = &policy.limit {
+            store.refund(policy, bucket, &outcome.key);
+        }
+    }
+}
+
+/// Gives back the tokens a delayed request reserved (it was cancelled before its turn).
+pub fn release(config: &Config, outcomes: &[PolicyOutcome], store: &mut dyn BucketStore) {
+    for outcome in outcomes
+        .iter()
+        .filter(|o| matches!(o.take, Take::Delayed { .. }))
+    {
+        refund(config, outcome, store);
+    }
+}
+
+/// Buckets in one process's memory: for tests and the native tools.
+#[derive(Debug, Default)]
+pub struct MemoryBuckets {
+    slots: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl BucketStore for MemoryBuckets {
+    fn take(
+        &mut self,
+        policy: &RateLimitPolicy,
+        bucket: &TokenBucket,
+        key: &str,
+        now_ms: u64,
+        mode: TakeMode,
+    ) -> Take {
+        let name = slots::slot_name(&policy.name, key);
+        let current = self.slots.get(&name).cloned().unwrap_or_default();
+        let (value, take) = slots::take_in_slot(&current, key, bucket, now_ms, mode);
+        self.slots.insert(name, value);
+        take
+    }
+
+    fn refund(&mut self, policy: &RateLimitPolicy, bucket: &TokenBucket, key: &str) {
+        let name = slots::slot_name(&policy.name, key);
+        if let Some(value) = self
+            .slots
+            .get(&name)
+            .and_then(|current| slots::refund_in_slot(current, key, bucket))
+        {
+            self.slots.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
