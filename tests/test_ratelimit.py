@@ -1,0 +1,116 @@
+"""Local rate limits in real Envoy with two workers: exact across workers, per key, refilling,
+keyed by JWT claims, shadow and delay modes, and the 429 headers."""
+
+import concurrent.futures
+import time
+
+import pytest
+import requests
+
+from support.envoy import Envoy
+from support.jose import ISSUER, Signer, jwks
+
+
+@pytest.fixture(scope="module")
+def signer():
+    return Signer("ES256")
+
+
+def bucket(max_tokens, per_fill, interval):
+    return {"max_tokens": max_tokens, "tokens_per_fill": per_fill, "fill_interval": interval}
+
+
+@pytest.fixture(scope="module")
+def envoy(tmp_path_factory, upstream, signer):
+    config = {
+        "providers": {"corp": {"issuer": ISSUER, "local_jwks": {"inline": jwks(signer)}}},
+        "rate_limits": {
+            "burst": {"key": ["rule"], "token_bucket": bucket(20, 20, "1h")},
+            "per_key": {"key": ["header:x-api-key"], "token_bucket": bucket(2, 2, "1h")},
+            "refilling": {"key": ["header:x-api-key"], "token_bucket": bucket(2, 2, "1s")},
+            "per_user": {"key": ["claim:sub"], "token_bucket": bucket(3, 3, "1h")},
+            "trial": {"key": ["const:all"], "shadow": True, "token_bucket": bucket(1, 1, "1h")},
+            "smooth": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "1s", "token_bucket": bucket(1, 1, "300ms")},
+            "per_ip": {"key": "client_ip", "token_bucket": bucket(2, 2, "1h")},
+        },
+        "rules": [
+            {"name": "burst", "match": {"prefix": "/burst"}, "allow_unauthenticated": True, "rate_limits": ["burst"]},
+            {"name": "per-key", "match": {"prefix": "/per-key"}, "allow_unauthenticated": True, "rate_limits": ["per_key"]},
+            {"name": "refilling", "match": {"prefix": "/refilling"}, "allow_unauthenticated": True, "rate_limits": ["refilling"]},
+            {"name": "per-user", "match": {"prefix": "/per-user"}, "requires": "corp", "rate_limits": ["per_user"]},
+            {"name": "trial", "match": {"prefix": "/trial"}, "allow_unauthenticated": True, "rate_limits": ["trial"]},
+            {"name": "smooth", "match": {"prefix": "/smooth"}, "allow_unauthenticated": True, "rate_limits": ["smooth"]},
+            {"name": "per-ip", "match": {"prefix": "/per-ip"}, "allow_unauthenticated": True, "rate_limits": ["per_ip"]},
+        ],
+    }
+    with Envoy(config, {"upstream": upstream.port}, tmp_path_factory.mktemp("ratelimit")) as running:
+        yield running
+
+
+def fresh_get(envoy, path, headers=None):
+    """One request on its own connection, so that Envoy spreads them over its workers."""
+    started = time.monotonic()
+    response = requests.get(envoy.url(path), headers=headers or {}, timeout=10)
+    return response, time.monotonic() - started
+
+
+def test_exactly_max_tokens_pass_in_a_parallel_burst_across_workers(envoy):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = [r.status_code for r, _ in pool.map(lambda _: fresh_get(envoy, "/burst"), range(120))]
+    assert statuses.count(200) == 20, statuses
+    assert statuses.count(429) == 100
+
+
+def test_429_carries_policy_state_and_retry_headers(envoy):
+    for _ in range(2):
+        assert envoy.get("/per-key", {"x-api-key": "headers-test"}).status_code == 200
+    response = envoy.get("/per-key", {"x-api-key": "headers-test"})
+    assert response.status_code == 429
+    assert response.headers["ratelimit-policy"] == '"per_key";q=2;w=3600'
+    assert response.headers["ratelimit"].startswith('"per_key";r=0;t=')
+    assert response.headers["x-ratelimit-limit"] == "2"
+    assert response.headers["x-ratelimit-remaining"] == "0"
+    assert int(response.headers["retry-after"]) > 3000
+    assert response.json()["error"] == "rate_limited"
+
+
+def test_keys_are_isolated_and_a_missing_key_is_its_own_bucket(envoy):
+    assert [envoy.get("/per-key", {"x-api-key": "a"}).status_code for _ in range(3)] == [200, 200, 429]
+    assert [envoy.get("/per-key", {"x-api-key": "b"}).status_code for _ in range(3)] == [200, 200, 429]
+    assert [envoy.get("/per-key").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_buckets_refill(envoy):
+    headers = {"x-api-key": "refill"}
+    assert [envoy.get("/refilling", headers).status_code for _ in range(3)] == [200, 200, 429]
+    time.sleep(1.1)
+    assert envoy.get("/refilling", headers).status_code == 200
+
+
+def test_limits_keyed_by_a_jwt_claim(envoy, signer):
+    alice = {"authorization": f"Bearer {signer.sign(sub='alice-rl')}"}
+    bob = {"authorization": f"Bearer {signer.sign(sub='bob-rl')}"}
+    assert [envoy.get("/per-user", alice).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert envoy.get("/per-user", bob).status_code == 200
+    other_alice_token = {"authorization": f"Bearer {signer.sign(sub='alice-rl', jti='second')}"}
+    assert envoy.get("/per-user", other_alice_token).status_code == 429, "a new token is the same user"
+
+
+def test_client_ip_key(envoy):
+    assert [envoy.get("/per-ip").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_shadow_mode_never_refuses(envoy):
+    assert [envoy.get("/trial").status_code for _ in range(5)] == [200] * 5
+
+
+def test_delay_mode_spaces_requests_out_and_refuses_past_max_delay(envoy):
+    headers = {"x-api-key": "delay-test"}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: fresh_get(envoy, "/smooth", headers), range(6)))
+    statuses = sorted(r.status_code for r, _ in results)
+    # One at once, then one per 300 ms within the 1 s max_delay: 300, 600, 900 ms; the rest 429.
+    assert statuses == [200, 200, 200, 200, 429, 429], statuses
+    waits = sorted(elapsed for r, elapsed in results if r.status_code == 200)
+    for expected, waited in zip([0.0, 0.3, 0.6, 0.9], waits):
+        assert expected - 0.05 <= waited <= expected + 0.25, (expected, waits)
