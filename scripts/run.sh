@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: Envoy with meshguard in front of a demo upstream and a demo identity provider.
 # Prints curl lines that show allow (200), no token (401), a bad token (401), wrong audience
-# (403) and no matching rule (403). With --check, runs them, compares statuses and exits.
+# (403), no matching rule (403) and a rate limit (429 on the 4th call in a minute). With
+# --check, runs them, compares statuses and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
@@ -29,14 +30,16 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
-declare -a names=(allowed no-token expired wrong-audience no-rule)
-declare -A expect=([allowed]=200 [no-token]=401 [expired]=401 [wrong-audience]=403 [no-rule]=403)
+declare -a names=(allowed no-token expired wrong-audience no-rule rate-limited)
+declare -A expect=([allowed]=200 [no-token]=401 [expired]=401 [wrong-audience]=403 [no-rule]=403
+  [rate-limited]="200 200 200 429")
 declare -A lines=(
   [allowed]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $VALID_TOKEN'"
   [no-token]="curl -i http://127.0.0.1:10000/api/orders"
   [expired]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $EXPIRED_TOKEN'"
   [wrong-audience]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $WRONG_AUDIENCE_TOKEN'"
   [no-rule]="curl -i http://127.0.0.1:10000/admin"
+  [rate-limited]="for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/api/reports -H 'Authorization: Bearer $VALID_TOKEN'; done; echo"
 )
 
 echo
@@ -52,8 +55,12 @@ echo
 if [ "${1:-}" = "--check" ]; then
   failed=0
   for name in "${names[@]}"; do
-    args="${lines[$name]#curl -i }"
-    status=$(eval "curl -s -o /dev/null -w '%{http_code}' $args")
+    if [ "${lines[$name]#curl -i }" != "${lines[$name]}" ]; then
+      args="${lines[$name]#curl -i }"
+      status=$(eval "curl -s -o /dev/null -w '%{http_code}' $args")
+    else
+      status=$(eval "${lines[$name]}" | xargs)
+    fi
     if [ "$status" = "${expect[$name]}" ]; then
       echo "ok   ${name}: ${status}"
     else
