@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Envoy CPU per request for JWT auth: meshguard next to Envoy's native jwt_authn, in one run.
+"""Envoy CPU per request: meshguard next to Envoy's native jwt_authn and local_ratelimit, in one run.
 
 Envoy runs with one worker pinned to CPU 1 and answers with a direct response, so the only
 difference between runs is the auth filter. The client (this script, on CPU 0) sends a fixed
@@ -45,6 +45,30 @@ def jwt_authn_filter(keys, cache):
             "providers": {"corp": provider},
             "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
         },
+    }
+
+
+def local_ratelimit_filter():
+    percent = {"numerator": 100, "denominator": "HUNDRED"}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "rl",
+            "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": "rl_enabled", "default_value": percent},
+            "filter_enforced": {"runtime_key": "rl_enforced", "default_value": percent},
+        },
+    }
+
+
+def meshguard_hot_key_config():
+    """One bucket every request takes from, large enough never to refuse."""
+    bucket = {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"}
+    return {
+        "rate_limits": {"hot": {"key": "const:hot", "token_bucket": bucket}},
+        "rules": [{"name": "all", "match": {"prefix": "/"}, "allow_unauthenticated": True, "rate_limits": ["hot"]}],
+        "access_log": {"enabled": False},
     }
 
 
@@ -131,6 +155,8 @@ def main():
         ("meshguard, cached RS256", mg, [cached_token] * args.cached_requests, [cached_token] * 500),
         # jwt_authn's default: no token cache, so a repeated token is verified every time.
         ("jwt_authn default (no cache), repeated RS256", [jwt_authn_filter(keys, False)], [cached_token] * args.cached_requests, [cached_token] * 500),
+        ("local_ratelimit, hot key", [local_ratelimit_filter()], [None] * args.cached_requests, [None] * 500),
+        ("meshguard, hot rate-limit key", [meshguard_filter(meshguard_hot_key_config())], [None] * args.cached_requests, [None] * 500),
         ("jwt_authn, fresh RS256", [jwt_authn_filter(keys, False)], fresh["RS256"][200:], fresh["RS256"][:200]),
         ("meshguard, fresh RS256", mg, fresh["RS256"][200:], fresh["RS256"][:200]),
         ("jwt_authn, fresh ES256", [jwt_authn_filter(keys, False)], fresh["ES256"][200:], fresh["ES256"][:200]),
@@ -161,10 +187,12 @@ def main():
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {cpu:.1f} | {extra:+.1f} |" for name, cpu, extra in rows]
-    lines += ["", "| meshguard / jwt_authn (added CPU) | ratio |", "|---|---:|"]
-    for kind in ("cached RS256", "fresh RS256", "fresh ES256"):
-        native = added.get(f"jwt_authn, {kind}")
-        ours = added.get(f"meshguard, {kind}")
+    lines += ["", "| meshguard / Envoy native filter (added CPU) | ratio |", "|---|---:|"]
+    pairs = [(f"jwt_authn, {kind}", f"meshguard, {kind}", kind) for kind in ("cached RS256", "fresh RS256", "fresh ES256")]
+    pairs.append(("local_ratelimit, hot key", "meshguard, hot rate-limit key", "hot rate-limit key (vs local_ratelimit)"))
+    for native_name, ours_name, kind in pairs:
+        native = added.get(native_name)
+        ours = added.get(ours_name)
         if native is None or ours is None:
             continue
         lines.append(f"| {kind} | {ours / native:.2f} |" if native > 0 else f"| {kind} | n/a |")
