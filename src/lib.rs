@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod pipeline;
+pub mod proto;
 pub mod ratelimit;
 pub mod reply;
 pub mod request;

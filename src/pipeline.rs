@@ -9,7 +9,7 @@ use crate::auth::remote::FetchReason;
 use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
 use crate::config::{Access, Config, Rule, Unmatched};
 use crate::ratelimit::key::KeyFacts;
-use crate::ratelimit::{self, BucketStore, PolicyOutcome};
+use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 use crate::rules::match_rule;
@@ -39,6 +39,8 @@ pub enum Decision {
         rule: Option<usize>,
         reply: LocalReply,
     },
+    /// Ask the rate-limit service (`checks`), then decide with `after_global`.
+    CheckGlobal(PendingGlobal),
     /// Hold the request `wait_ms` (delay mode), then forward it as `Allowed`.
     Delay {
         wait_ms: u64,
@@ -167,10 +169,11 @@ pub fn decide(
 }
 
 /// The rate-limit step: the rule's policies, keyed by what the request and its tokens carry.
+/// Local buckets decide at once; `service` policies need the rate-limit service's answer.
 fn limit(
     config: &Config,
     rule: &Rule,
-    mut allowed: Allowed,
+    allowed: Allowed,
     request: &Request,
     buckets: &mut dyn BucketStore,
     now_ms: u64,
@@ -187,7 +190,65 @@ fn limit(
             .map(|token| &token.claims)
             .collect(),
     };
-    match ratelimit::apply(config, &rule.rate_limits, &facts, buckets, now_ms) {
+    let local = ratelimit::apply(config, &rule.rate_limits, &facts, buckets, now_ms);
+    let checks = match local {
+        ratelimit::Verdict::Allowed(_) | ratelimit::Verdict::Delayed { .. } => {
+            ratelimit::global_checks(config, &rule.rate_limits, &facts)
+        }
+        _ => Vec::new(),
+    };
+    if checks.is_empty() {
+        return finish(config, allowed, local);
+    }
+    Decision::CheckGlobal(PendingGlobal {
+        checks,
+        local,
+        allowed,
+    })
+}
+
+/// A request waiting for the rate-limit service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingGlobal {
+    pub checks: Vec<GlobalCheck>,
+    /// What the local policies decided (their tokens are taken or reserved).
+    pub local: ratelimit::Verdict,
+    pub allowed: Allowed,
+}
+
+impl PendingGlobal {
+    /// Tokens reserved by delay-mode policies, to give back if the request goes away.
+    pub fn reservations(&self) -> &[PolicyOutcome] {
+        match &self.local {
+            ratelimit::Verdict::Delayed { outcomes, .. } => outcomes,
+            _ => &[],
+        }
+    }
+}
+
+/// The decision once the rate-limit service answered every check (in the order of `checks`).
+pub fn after_global(
+    config: &Config,
+    pending: PendingGlobal,
+    answers: &[GlobalAnswer],
+    buckets: &mut dyn BucketStore,
+) -> Decision {
+    let pairs: Vec<(GlobalCheck, GlobalAnswer)> = pending
+        .checks
+        .into_iter()
+        .zip(
+            answers
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(GlobalAnswer::Failed)),
+        )
+        .collect();
+    let verdict = ratelimit::combine(config, pending.local, &pairs, buckets);
+    finish(config, pending.allowed, verdict)
+}
+
+fn finish(config: &Config, mut allowed: Allowed, verdict: ratelimit::Verdict) -> Decision {
+    match verdict {
         ratelimit::Verdict::Allowed(outcomes) => {
             allowed.limits = outcomes;
             Decision::Allow(allowed)
@@ -202,6 +263,15 @@ fn limit(
         } => Decision::Deny {
             rule: allowed.rule,
             reply: reply::rate_limited(config, &outcomes, refused_by),
+        },
+        ratelimit::Verdict::ServiceUnavailable { policy } => Decision::Deny {
+            rule: allowed.rule,
+            reply: reply::rate_limit_service_unavailable(
+                config
+                    .rate_limits
+                    .get(policy)
+                    .map_or("", |p| p.name.as_str()),
+            ),
         },
     }
 }

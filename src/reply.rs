@@ -128,6 +128,19 @@ pub fn rate_limited(
     )
 }
 
+/// 503 when a rate-limit service did not answer and its policy fails closed
+/// (`failure_mode_deny`). (Envoy's ratelimit filter answers 500 by default; a 503 with
+/// `Retry-After` says "try again" rather than "bug".)
+pub fn rate_limit_service_unavailable(policy: &str) -> LocalReply {
+    reply(
+        503,
+        vec![("retry-after".into(), "1".into())],
+        "unavailable",
+        &format!("rate limit service for {policy:?} did not answer"),
+        "meshguard_rate_limit_service_unavailable",
+    )
+}
+
 /// 500 when the filter cannot decide (no valid configuration): fail closed, never open.
 pub fn internal_error() -> LocalReply {
     reply(

@@ -32,6 +32,7 @@ def envoy(tmp_path_factory, upstream, signer):
             "trial": {"key": ["const:all"], "shadow": True, "token_bucket": bucket(1, 1, "1h")},
             "smooth": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "1s", "token_bucket": bucket(1, 1, "300ms")},
             "per_ip": {"key": "client_ip", "token_bucket": bucket(2, 2, "1h")},
+            "patient": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "5s", "token_bucket": bucket(1, 1, "1s")},
         },
         "rules": [
             {"name": "burst", "match": {"prefix": "/burst"}, "allow_unauthenticated": True, "rate_limits": ["burst"]},
@@ -41,6 +42,7 @@ def envoy(tmp_path_factory, upstream, signer):
             {"name": "trial", "match": {"prefix": "/trial"}, "allow_unauthenticated": True, "rate_limits": ["trial"]},
             {"name": "smooth", "match": {"prefix": "/smooth"}, "allow_unauthenticated": True, "rate_limits": ["smooth"]},
             {"name": "per-ip", "match": {"prefix": "/per-ip"}, "allow_unauthenticated": True, "rate_limits": ["per_ip"]},
+            {"name": "patient", "match": {"prefix": "/patient"}, "allow_unauthenticated": True, "rate_limits": ["patient"]},
         ],
     }
     with Envoy(config, {"upstream": upstream.port}, tmp_path_factory.mktemp("ratelimit")) as running:
@@ -114,3 +116,15 @@ def test_delay_mode_spaces_requests_out_and_refuses_past_max_delay(envoy):
     waits = sorted(elapsed for r, elapsed in results if r.status_code == 200)
     for expected, waited in zip([0.0, 0.3, 0.6, 0.9], waits):
         assert expected - 0.05 <= waited <= expected + 0.25, (expected, waits)
+
+
+def test_a_delayed_request_whose_client_leaves_gives_its_place_back(envoy):
+    headers = {"x-api-key": "leaver"}
+    assert envoy.get("/patient", headers).status_code == 200  # takes the only token
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(envoy.url("/patient"), headers=headers, timeout=0.2)  # held ~1 s; gives up
+    time.sleep(0.1)
+    response, waited = fresh_get(envoy, "/patient", headers)
+    assert response.status_code == 200
+    # Without the release this request would queue behind the one that left (~2 s).
+    assert waited < 1.2, f"waited {waited:.2f}s"

@@ -116,6 +116,7 @@ fn status(decision: &Decision) -> u32 {
         Decision::Allow(_) => 200,
         Decision::Deny { reply, .. } => reply.status,
         Decision::Delay { .. } => 1,
+        Decision::CheckGlobal(_) => 2,
         Decision::AwaitKeys(_) => 0,
     }
 }

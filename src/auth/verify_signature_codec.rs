@@ -1,25 +1,8 @@
 //! The wire format of Envoy's `verify_signature` foreign function: protobuf messages
 //! `VerifySignatureArguments` and `VerifySignatureResult`
-//! (envoy `source/extensions/common/wasm/ext/verify_signature.proto`). Four fields do not
-//! justify a protobuf crate.
+//! (envoy `source/extensions/common/wasm/ext/verify_signature.proto`).
 
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
-
-fn push_bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    push_varint(out, (field << 3) | 2);
-    push_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
+use crate::proto::{fields, push_bytes_field, FieldValue};
 
 /// `VerifySignatureArguments{hash_function=1, public_key=2 (DER SPKI), signature=3, text=4}`.
 pub fn encode_arguments(
@@ -36,36 +19,13 @@ pub fn encode_arguments(
     out
 }
 
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 /// `VerifySignatureResult{result=1 (bool)}`: true only when field 1 is present and non-zero.
 /// Anything unreadable is `None`, which callers treat as "host path unusable".
 pub fn decode_result(bytes: &[u8]) -> Option<bool> {
-    let mut at = 0;
     let mut result = false;
-    while at < bytes.len() {
-        let tag = read_varint(bytes, &mut at)?;
-        match (tag >> 3, tag & 7) {
-            (1, 0) => result = read_varint(bytes, &mut at)? != 0,
-            (_, 0) => {
-                read_varint(bytes, &mut at)?;
-            }
-            (_, 2) => {
-                let len = usize::try_from(read_varint(bytes, &mut at)?).ok()?;
-                at = at.checked_add(len).filter(|end| *end <= bytes.len())?;
-            }
-            _ => return None,
+    for (field, value) in fields(bytes)? {
+        if let (1, FieldValue::Varint(flag)) = (field, value) {
+            result = flag != 0;
         }
     }
     Some(result)
@@ -100,7 +60,7 @@ mod tests {
             Some(true)
         );
         assert_eq!(decode_result(&[0x12, 50, b'x']), None);
-        assert_eq!(decode_result(&[0x0d, 0, 0, 0, 0]), None);
+        assert_eq!(decode_result(&[0x0b, 0, 0, 0, 0]), None);
         assert_eq!(decode_result(&[0x08]), None);
     }
 }

@@ -9,12 +9,12 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::jwks;
-use super::state::{now_ms, Delayed, VmState, Waiter, WAITING_TICK};
+use super::state::{now_ms, Delayed, GlobalWait, VmState, Waiter, WAITING_TICK};
 use crate::auth::error::AuthError;
 use crate::auth::remote::LEASE_MARGIN_MS;
 use crate::config::RequestReads;
-use crate::pipeline::{Decision, Mutations};
-use crate::ratelimit::{self, key::ip_of_address};
+use crate::pipeline::{self, Decision, Mutations, PendingGlobal};
+use crate::ratelimit::{self, key::ip_of_address, rls, GlobalAnswer};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 
@@ -102,7 +102,109 @@ fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) ->
             let _ = hostcalls::set_tick_period(state.tick_period(now));
             StreamAction::Wait
         }
+        Decision::CheckGlobal(pending) => ask_rate_limit_service(state, context_id, pending, now),
         Decision::AwaitKeys(_) => StreamAction::Wait,
+    }
+}
+
+/// Sends the request's checks to the rate-limit service; a call that cannot even be sent (no
+/// such cluster) counts as unanswered at once.
+fn ask_rate_limit_service(
+    state: &mut VmState,
+    context_id: u32,
+    pending: PendingGlobal,
+    now: u64,
+) -> StreamAction {
+    let mut answers = vec![None; pending.checks.len()];
+    for (index, check) in pending.checks.iter().enumerate() {
+        match hostcalls::dispatch_grpc_call(
+            &check.cluster,
+            rls::SERVICE,
+            rls::METHOD,
+            vec![],
+            Some(&check.message),
+            check.timeout,
+        ) {
+            Ok(token) => {
+                state.global_calls.insert(token, (context_id, index));
+            }
+            Err(status) => {
+                warn!(
+                    "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
+                    check.cluster
+                );
+                if let Some(answer) = answers.get_mut(index) {
+                    *answer = Some(GlobalAnswer::Failed);
+                }
+            }
+        }
+    }
+    if answers.iter().all(Option::is_some) {
+        let answers: Vec<GlobalAnswer> = answers.into_iter().flatten().collect();
+        let config = state.config.clone();
+        let decision = pipeline::after_global(&config, pending, &answers, &mut state.buckets);
+        return settle(state, context_id, decision, now);
+    }
+    state
+        .global
+        .insert(context_id, GlobalWait { pending, answers });
+    StreamAction::Wait
+}
+
+/// Handles a rate-limit service answer (in whichever context received it); once a request has
+/// all its answers, decides and resumes it, then restores `current_context`.
+pub fn on_grpc_response(
+    state: &Rc<RefCell<VmState>>,
+    token: u32,
+    status_code: u32,
+    size: usize,
+    current_context: u32,
+) {
+    let now = now_ms();
+    let decided = {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        let Some((context_id, index)) = st.global_calls.remove(&token) else {
+            return;
+        };
+        let answer = if status_code == 0 {
+            hostcalls::get_buffer(proxy_wasm::types::BufferType::GrpcReceiveBuffer, 0, size)
+                .ok()
+                .flatten()
+                .and_then(|body| rls::decode_response(&body))
+                .map_or(GlobalAnswer::Failed, GlobalAnswer::Answered)
+        } else {
+            warn!("rate limit service answered gRPC status {status_code}");
+            GlobalAnswer::Failed
+        };
+        let complete = match st.global.get_mut(&context_id) {
+            Some(wait) => {
+                if let Some(slot) = wait.answers.get_mut(index) {
+                    *slot = Some(answer);
+                }
+                wait.answers.iter().all(Option::is_some)
+            }
+            None => false,
+        };
+        match st.global.remove(&context_id).filter(|_| complete) {
+            Some(wait) => {
+                let answers: Vec<GlobalAnswer> = wait.answers.into_iter().flatten().collect();
+                let config = st.config.clone();
+                let decision =
+                    pipeline::after_global(&config, wait.pending, &answers, &mut st.buckets);
+                Some((context_id, settle(&mut st, context_id, decision, now)))
+            }
+            None => None,
+        }
+    };
+    if let Some((context_id, action)) = decided {
+        if !matches!(action, StreamAction::Wait)
+            && hostcalls::set_effective_context(context_id).is_ok()
+        {
+            carry_out(&action, true);
+            let _ = hostcalls::set_effective_context(current_context);
+        }
     }
 }
 
@@ -249,6 +351,16 @@ pub struct MeshguardHttp {
 }
 
 impl Context for MeshguardHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        on_grpc_response(
+            &self.state,
+            token_id,
+            status_code,
+            response_size,
+            self.context_id,
+        );
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,

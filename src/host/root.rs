@@ -11,7 +11,9 @@ use proxy_wasm::types::ContextType;
 
 use super::buckets::create_slots;
 use super::crypto::{detect_host_crypto, HostVerifier};
-use super::http::{on_call_response, resume_delayed, resume_waiters, MeshguardHttp, Unconfigured};
+use super::http::{
+    on_call_response, on_grpc_response, resume_delayed, resume_waiters, MeshguardHttp, Unconfigured,
+};
 use super::jwks;
 use super::state::{now_ms, VmState};
 use crate::config;
@@ -33,6 +35,12 @@ impl MeshguardRoot {
 }
 
 impl Context for MeshguardRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Some(state) = &self.state {
+            on_grpc_response(state, token_id, status_code, response_size, self.context_id);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,

@@ -13,8 +13,8 @@ use crate::auth::cache::TokenCache;
 use crate::auth::remote::KeyStore;
 use crate::auth::AuthEnv;
 use crate::config::Config;
-use crate::pipeline::{decide, Decision, Mutations};
-use crate::ratelimit::PolicyOutcome;
+use crate::pipeline::{decide, Decision, Mutations, PendingGlobal};
+use crate::ratelimit::{GlobalAnswer, PolicyOutcome};
 use crate::request::Request;
 
 /// A request paused until its provider's keys arrive (or its deadline passes).
@@ -33,6 +33,13 @@ pub struct Delayed {
     pub limits: Vec<PolicyOutcome>,
 }
 
+/// A request waiting for the rate-limit service's answers.
+pub struct GlobalWait {
+    pub pending: PendingGlobal,
+    /// One per check, in order; `None` until answered.
+    pub answers: Vec<Option<GlobalAnswer>>,
+}
+
 pub struct VmState {
     pub config: Rc<Config>,
     pub keys: KeyStore,
@@ -41,6 +48,10 @@ pub struct VmState {
     pub waiters: Vec<Waiter>,
     pub delayed: Vec<Delayed>,
     pub buckets: HostBuckets,
+    /// Requests waiting for the rate-limit service, by context id.
+    pub global: HashMap<u32, GlobalWait>,
+    /// gRPC call token -> (context id, index of the check).
+    pub global_calls: HashMap<u32, (u32, usize)>,
     /// HTTP call token -> provider index, for JWKS fetches this VM started.
     pub fetches: HashMap<u32, usize>,
 }
@@ -55,6 +66,8 @@ impl VmState {
             waiters: Vec::new(),
             delayed: Vec::new(),
             buckets: HostBuckets,
+            global: HashMap::new(),
+            global_calls: HashMap::new(),
             fetches: HashMap::new(),
         }
     }

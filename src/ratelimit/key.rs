@@ -34,23 +34,25 @@ fn push_part(key: &mut String, value: Option<&str>) {
     }
 }
 
+/// The value of one key part on this request; `None` when the request does not carry it.
+pub fn key_part_value(part: &KeyPart, facts: &KeyFacts) -> Option<String> {
+    match part {
+        KeyPart::ClientIp => facts.request.client_ip.clone(),
+        KeyPart::Header(name) => facts.request.header_values(name).next().map(str::to_owned),
+        KeyPart::Claim(name) => facts
+            .claims
+            .iter()
+            .find_map(|claims| claim_header_value(claims, name)),
+        KeyPart::Rule => Some(facts.rule.to_owned()),
+        KeyPart::Path => Some(facts.request.path_only().to_owned()),
+        KeyPart::Const(text) => Some(text.clone()),
+    }
+}
+
 pub fn build_key(parts: &[KeyPart], facts: &KeyFacts) -> String {
     let mut key = String::new();
     for part in parts {
-        match part {
-            KeyPart::ClientIp => push_part(&mut key, facts.request.client_ip.as_deref()),
-            KeyPart::Header(name) => push_part(&mut key, facts.request.header_values(name).next()),
-            KeyPart::Claim(name) => {
-                let value = facts
-                    .claims
-                    .iter()
-                    .find_map(|claims| claim_header_value(claims, name));
-                push_part(&mut key, value.as_deref());
-            }
-            KeyPart::Rule => push_part(&mut key, Some(facts.rule)),
-            KeyPart::Path => push_part(&mut key, Some(facts.request.path_only())),
-            KeyPart::Const(text) => push_part(&mut key, Some(text)),
-        }
+        push_part(&mut key, key_part_value(part, facts).as_deref());
     }
     key
 }

@@ -5,6 +5,7 @@
 pub mod bucket;
 pub mod headers;
 pub mod key;
+pub mod rls;
 pub mod slots;
 
 use bucket::{Take, TakeMode};
@@ -25,6 +26,25 @@ pub trait BucketStore {
     fn refund(&mut self, policy: &RateLimitPolicy, bucket: &TokenBucket, key: &str);
 }
 
+/// What a policy advertises in `RateLimit-Policy`: `q` requests per `w` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub window_s: u64,
+}
+
+impl Quota {
+    /// A bucket's quota comes back in full over `ceil(max / per_fill)` intervals.
+    pub fn of_bucket(bucket: &TokenBucket) -> Quota {
+        let interval_ms = u64::try_from(bucket.fill_interval.as_millis()).unwrap_or(u64::MAX);
+        let fills = bucket.max_tokens.div_ceil(bucket.tokens_per_fill.max(1));
+        Quota {
+            limit: bucket.max_tokens,
+            window_s: interval_ms.saturating_mul(fills).div_ceil(1_000).max(1),
+        }
+    }
+}
+
 /// What one policy decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyOutcome {
@@ -33,6 +53,26 @@ pub struct PolicyOutcome {
     pub key: String,
     pub take: Take,
     pub shadow: bool,
+    /// `None` when a rate-limit service did not say.
+    pub quota: Option<Quota>,
+}
+
+/// A question for the rate-limit service, one per `service` policy of the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCheck {
+    pub policy: usize,
+    pub cluster: String,
+    pub timeout: std::time::Duration,
+    /// An encoded `RateLimitRequest`.
+    pub message: Vec<u8>,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalAnswer {
+    Answered(rls::RlsAnswer),
+    /// No answer: the call failed, timed out, or the reply was unreadable.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +89,8 @@ pub enum Verdict {
         outcomes: Vec<PolicyOutcome>,
         refused_by: usize,
     },
+    /// A rate-limit service did not answer and its policy has `failure_mode_deny`.
+    ServiceUnavailable { policy: usize },
 }
 
 fn take_mode(policy: &RateLimitPolicy) -> TakeMode {
@@ -64,7 +106,7 @@ fn take_mode(policy: &RateLimitPolicy) -> TakeMode {
 /// Applies `policies` in order. A request passes only if every enforcing policy lets it; when
 /// one refuses, tokens already taken from the others are given back, so a refused request
 /// costs nothing elsewhere. Policies with `service` (global limits) are not local buckets and
-/// are skipped here.
+/// are asked separately (`global_checks`, then `combine`).
 pub fn apply(
     config: &Config,
     policies: &[usize],
@@ -87,6 +129,7 @@ pub fn apply(
             key,
             take,
             shadow: policy.shadow,
+            quota: Some(Quota::of_bucket(bucket)),
         });
         if matches!(take, Take::Refused { .. }) && !policy.shadow {
             let refused_by = outcomes.len() - 1;
@@ -108,6 +151,99 @@ pub fn apply(
             _ => None,
         })
         .max();
+    match wait_ms {
+        Some(wait_ms) => Verdict::Delayed { wait_ms, outcomes },
+        None => Verdict::Allowed(outcomes),
+    }
+}
+
+/// The questions for the rate-limit service that `policies` need (their `service` policies).
+pub fn global_checks(config: &Config, policies: &[usize], facts: &KeyFacts) -> Vec<GlobalCheck> {
+    policies
+        .iter()
+        .filter_map(|&index| {
+            let policy = config.rate_limits.get(index)?;
+            let Limit::Service(service) = &policy.limit else {
+                return None;
+            };
+            let entries = rls::descriptor_entries(&policy.key, facts);
+            Some(GlobalCheck {
+                policy: index,
+                cluster: service.cluster.clone(),
+                timeout: service.timeout,
+                message: rls::encode_request(&service.domain, &entries, 1),
+                key: build_key(&policy.key, facts),
+            })
+        })
+        .collect()
+}
+
+/// Folds the service's answers into the local verdict. An over-limit answer refuses (and gives
+/// back local tokens); a missing answer refuses only with `failure_mode_deny`.
+pub fn combine(
+    config: &Config,
+    local: Verdict,
+    answers: &[(GlobalCheck, GlobalAnswer)],
+    store: &mut dyn BucketStore,
+) -> Verdict {
+    let (mut outcomes, wait_ms) = match local {
+        Verdict::Allowed(outcomes) => (outcomes, None),
+        Verdict::Delayed { wait_ms, outcomes } => (outcomes, Some(wait_ms)),
+        refused => return refused,
+    };
+    let give_back = |outcomes: &[PolicyOutcome], store: &mut dyn BucketStore| {
+        for outcome in outcomes {
+            if matches!(outcome.take, Take::Allowed { .. } | Take::Delayed { .. }) {
+                refund(config, outcome, store);
+            }
+        }
+    };
+    for (check, answer) in answers {
+        let Some(policy) = config.rate_limits.get(check.policy) else {
+            continue;
+        };
+        let failure_mode_deny = matches!(&policy.limit, Limit::Service(s) if s.failure_mode_deny);
+        match answer {
+            GlobalAnswer::Failed if failure_mode_deny && !policy.shadow => {
+                give_back(&outcomes, store);
+                return Verdict::ServiceUnavailable {
+                    policy: check.policy,
+                };
+            }
+            GlobalAnswer::Failed => {}
+            GlobalAnswer::Answered(answer) => {
+                let reset_ms = answer.reset_s.saturating_mul(1_000);
+                let take = if answer.over_limit {
+                    Take::Refused {
+                        retry_after_ms: reset_ms,
+                        reset_ms,
+                    }
+                } else {
+                    Take::Allowed {
+                        remaining: answer.remaining,
+                        reset_ms,
+                    }
+                };
+                outcomes.push(PolicyOutcome {
+                    policy: check.policy,
+                    key: check.key.clone(),
+                    take,
+                    shadow: policy.shadow,
+                    quota: answer
+                        .limit
+                        .map(|(limit, window_s)| Quota { limit, window_s }),
+                });
+                if answer.over_limit && !policy.shadow {
+                    let refused_by = outcomes.len() - 1;
+                    give_back(outcomes.get(..refused_by).unwrap_or_default(), store);
+                    return Verdict::Refused {
+                        outcomes,
+                        refused_by,
+                    };
+                }
+            }
+        }
+    }
     match wait_ms {
         Some(wait_ms) => Verdict::Delayed { wait_ms, outcomes },
         None => Verdict::Allowed(outcomes),

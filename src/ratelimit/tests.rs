@@ -10,6 +10,7 @@ use crate::auth::verify::PortableVerifier;
 use crate::auth::AuthEnv;
 use crate::config;
 use crate::pipeline::{decide, Decision};
+use crate::ratelimit::rls;
 use crate::request::Request;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -26,6 +27,8 @@ fn config() -> Config {
                 "per_user": {"key": ["claim:sub"], "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "1s"}},
                 "per_key": {"key": ["header:x-api-key"], "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "1s"}},
                 "trial": {"key": ["const:all"], "shadow": true, "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "1m"}},
+                "global": {"key": ["header:x-api-key", "const:v1"], "service": {"cluster": "rls", "domain": "mg", "timeout": "100ms"}},
+                "strict_global": {"key": ["header:x-api-key"], "service": {"cluster": "rls", "domain": "mg", "failure_mode_deny": true}},
                 "smooth": {"key": ["rule"], "mode": "delay", "max_delay": "1500ms",
                            "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "500ms"}}
             },
@@ -34,7 +37,9 @@ fn config() -> Config {
                 {"name": "keyed", "match": {"prefix": "/keyed"}, "allow_unauthenticated": true, "rate_limits": ["per_key"]},
                 {"name": "shadowed", "match": {"prefix": "/shadowed"}, "allow_unauthenticated": true, "rate_limits": ["trial"]},
                 {"name": "smooth", "match": {"prefix": "/smooth"}, "allow_unauthenticated": true, "rate_limits": ["smooth"]},
-                {"name": "both", "match": {"prefix": "/both"}, "requires": "corp", "rate_limits": ["per_ip", "per_user"]}
+                {"name": "both", "match": {"prefix": "/both"}, "requires": "corp", "rate_limits": ["per_ip", "per_user"]},
+                {"name": "global", "match": {"prefix": "/global"}, "allow_unauthenticated": true, "rate_limits": ["per_ip", "global"]},
+                {"name": "strict", "match": {"prefix": "/strict"}, "allow_unauthenticated": true, "rate_limits": ["strict_global"]}
             ]
         })
         .to_string()
@@ -85,6 +90,7 @@ impl Harness {
         match self.send(path, ip, headers, now_ms) {
             Decision::Allow(_) => 200,
             Decision::Delay { .. } => 1,
+            Decision::CheckGlobal(_) => 2,
             Decision::Deny { reply, .. } => reply.status,
             Decision::AwaitKeys(_) => 0,
         }
@@ -227,4 +233,90 @@ fn a_cancelled_delayed_request_gives_its_token_back() {
         h.send("/smooth", "ip", &[], 0),
         Decision::Delay { wait_ms: 500, .. }
     ));
+}
+
+fn pending(decision: Decision) -> crate::pipeline::PendingGlobal {
+    match decision {
+        Decision::CheckGlobal(pending) => pending,
+        other => panic!("expected a global check, got {other:?}"),
+    }
+}
+
+fn over(remaining: u64, over_limit: bool) -> GlobalAnswer {
+    GlobalAnswer::Answered(rls::RlsAnswer {
+        over_limit,
+        limit: Some((10, 60)),
+        remaining,
+        reset_s: 30,
+    })
+}
+
+#[test]
+fn service_policies_ask_the_rate_limit_service_with_one_descriptor() {
+    let mut h = Harness::new();
+    let pending = pending(h.send("/global", "10.0.0.1", &[("x-api-key", "k1")], 0));
+    assert_eq!(pending.checks.len(), 1);
+    let check = &pending.checks[0];
+    assert_eq!(check.cluster, "rls");
+    assert_eq!(check.timeout, std::time::Duration::from_millis(100));
+    let expected = rls::encode_request(
+        "mg",
+        &[
+            ("x-api-key".into(), "k1".into()),
+            ("generic_key".into(), "v1".into()),
+        ],
+        1,
+    );
+    assert_eq!(check.message, expected);
+}
+
+#[test]
+fn over_limit_from_the_service_is_429_with_its_numbers_and_refunds_local_tokens() {
+    let mut h = Harness::new();
+    for _ in 0..2 {
+        let pending = pending(h.send("/global", "10.0.0.1", &[("x-api-key", "k")], 0));
+        let decision =
+            crate::pipeline::after_global(&h.config, pending, &[over(0, true)], &mut h.buckets);
+        let Decision::Deny { reply, .. } = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(reply.status, 429);
+        let header = |name: &str| {
+            reply
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("10"));
+        assert_eq!(header("retry-after").as_deref(), Some("30"));
+        assert!(header("ratelimit").unwrap().contains("\"global\";r=0;t=30"));
+    }
+    // per_ip (3 tokens) was refunded both times, so three local passes remain.
+    for _ in 0..3 {
+        let pending = pending(h.send("/global", "10.0.0.1", &[("x-api-key", "k")], 0));
+        let decision =
+            crate::pipeline::after_global(&h.config, pending, &[over(5, false)], &mut h.buckets);
+        assert!(matches!(decision, Decision::Allow(_)), "{decision:?}");
+    }
+    assert_eq!(
+        h.status("/global", "10.0.0.1", &[("x-api-key", "k")], 0),
+        429
+    );
+}
+
+#[test]
+fn an_unanswered_service_allows_unless_failure_mode_deny() {
+    let mut h = Harness::new();
+    let lenient = pending(h.send("/global", "10.0.0.2", &[], 0));
+    let decision =
+        crate::pipeline::after_global(&h.config, lenient, &[GlobalAnswer::Failed], &mut h.buckets);
+    assert!(matches!(decision, Decision::Allow(_)));
+    let strict = pending(h.send("/strict", "10.0.0.2", &[], 0));
+    let decision =
+        crate::pipeline::after_global(&h.config, strict, &[GlobalAnswer::Failed], &mut h.buckets);
+    let Decision::Deny { reply, .. } = decision else {
+        panic!()
+    };
+    assert_eq!(reply.status, 503);
 }

@@ -93,7 +93,11 @@ class Envoy:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         filters = http_filters if http_filters is not None else [meshguard_filter(plugin_config)]
-        cluster_list = [static_cluster(name, port) for name, port in clusters.items()]
+        # A cluster is a port, or {"port": p, "http2": True} for gRPC services.
+        cluster_list = [
+            static_cluster(name, spec["port"], spec.get("http2", False)) if isinstance(spec, dict) else static_cluster(name, spec)
+            for name, spec in clusters.items()
+        ]
         self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
         config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response)
         self.config_path.write_text(json.dumps(config, indent=1))
