@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: Envoy with meshguard in front of a demo upstream and a demo identity provider.
 # Prints curl lines that show allow (200), no token (401), a bad token (401), wrong audience
-# (403), no matching rule (403) and a rate limit (429 on the 4th call in a minute). With
+# (403), no matching rule (403) and a rate limit (429 from the 4th call in a minute, with its
+# Retry-After and RateLimit headers). With
 # --check, runs them, compares statuses and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,9 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
-declare -a names=(allowed no-token expired wrong-audience no-rule rate-limited)
+declare -a names=(allowed no-token expired wrong-audience no-rule rate-limited rate-limit-headers)
 declare -A expect=([allowed]=200 [no-token]=401 [expired]=401 [wrong-audience]=403 [no-rule]=403
-  [rate-limited]="200 200 200 429")
+  [rate-limited]="200 200 200 429" [rate-limit-headers]=429)
 declare -A lines=(
   [allowed]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $VALID_TOKEN'"
   [no-token]="curl -i http://127.0.0.1:10000/api/orders"
@@ -40,6 +41,7 @@ declare -A lines=(
   [wrong-audience]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $WRONG_AUDIENCE_TOKEN'"
   [no-rule]="curl -i http://127.0.0.1:10000/admin"
   [rate-limited]="for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/api/reports -H 'Authorization: Bearer $VALID_TOKEN'; done; echo"
+  [rate-limit-headers]="curl -i http://127.0.0.1:10000/api/reports -H 'Authorization: Bearer $VALID_TOKEN'"
 )
 
 echo

@@ -14,13 +14,16 @@ use crate::reply::{self, LocalReply};
 use crate::request::Request;
 use crate::rules::match_rule;
 
-/// Header changes for the upstream request: removals first, then sets.
+/// Header changes for the upstream request (removals first, then sets), and headers for the
+/// response on its way back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mutations {
     pub remove: Vec<String>,
     pub set: Vec<(String, String)>,
     /// A new `:path` (a token parameter removed).
     pub path: Option<String>,
+    /// Added to the response (rate-limit headers of policies with `enable_ratelimit_headers`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,16 +250,34 @@ pub fn after_global(
     finish(config, pending.allowed, verdict)
 }
 
-fn finish(config: &Config, mut allowed: Allowed, verdict: ratelimit::Verdict) -> Decision {
+fn with_limits(config: &Config, mut allowed: Allowed, outcomes: Vec<PolicyOutcome>) -> Allowed {
+    let advertised: Vec<PolicyOutcome> = outcomes
+        .iter()
+        .filter(|o| {
+            config
+                .rate_limits
+                .get(o.policy)
+                .is_some_and(|p| p.headers_on_allowed)
+        })
+        .cloned()
+        .collect();
+    if !advertised.is_empty() {
+        allowed.mutations.response_headers =
+            ratelimit::headers::rate_limit_headers(config, &advertised, None);
+    }
+    allowed.limits = outcomes;
+    allowed
+}
+
+fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Decision {
     match verdict {
         ratelimit::Verdict::Allowed(outcomes) => {
-            allowed.limits = outcomes;
-            Decision::Allow(allowed)
+            Decision::Allow(with_limits(config, allowed, outcomes))
         }
-        ratelimit::Verdict::Delayed { wait_ms, outcomes } => {
-            allowed.limits = outcomes;
-            Decision::Delay { wait_ms, allowed }
-        }
+        ratelimit::Verdict::Delayed { wait_ms, outcomes } => Decision::Delay {
+            wait_ms,
+            allowed: with_limits(config, allowed, outcomes),
+        },
         ratelimit::Verdict::Refused {
             outcomes,
             refused_by,

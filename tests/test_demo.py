@@ -9,6 +9,6 @@ from support.envoy import REPO
 def test_make_run_demo_shows_allow_and_deny():
     result = subprocess.run([str(REPO / "scripts" / "run.sh"), "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    for name, status in [("allowed", 200), ("no-token", 401), ("expired", 401), ("wrong-audience", 403), ("no-rule", 403), ("rate-limited", "200 200 200 429")]:
+    for name, status in [("allowed", 200), ("no-token", 401), ("expired", 401), ("wrong-audience", 403), ("no-rule", 403), ("rate-limited", "200 200 200 429"), ("rate-limit-headers", 429)]:
         assert f"ok   {name}: {status}" in result.stdout
     assert "curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer ey" in result.stdout

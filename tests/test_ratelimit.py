@@ -32,6 +32,7 @@ def envoy(tmp_path_factory, upstream, signer):
             "trial": {"key": ["const:all"], "shadow": True, "token_bucket": bucket(1, 1, "1h")},
             "smooth": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "1s", "token_bucket": bucket(1, 1, "300ms")},
             "per_ip": {"key": "client_ip", "token_bucket": bucket(2, 2, "1h")},
+            "advertised": {"key": ["header:x-api-key"], "enable_ratelimit_headers": True, "token_bucket": bucket(5, 5, "1h")},
             "patient": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "5s", "token_bucket": bucket(1, 1, "1s")},
         },
         "rules": [
@@ -42,6 +43,7 @@ def envoy(tmp_path_factory, upstream, signer):
             {"name": "trial", "match": {"prefix": "/trial"}, "allow_unauthenticated": True, "rate_limits": ["trial"]},
             {"name": "smooth", "match": {"prefix": "/smooth"}, "allow_unauthenticated": True, "rate_limits": ["smooth"]},
             {"name": "per-ip", "match": {"prefix": "/per-ip"}, "allow_unauthenticated": True, "rate_limits": ["per_ip"]},
+            {"name": "advertised", "match": {"prefix": "/advertised"}, "allow_unauthenticated": True, "rate_limits": ["advertised"]},
             {"name": "patient", "match": {"prefix": "/patient"}, "allow_unauthenticated": True, "rate_limits": ["patient"]},
         ],
     }
@@ -128,3 +130,15 @@ def test_a_delayed_request_whose_client_leaves_gives_its_place_back(envoy):
     assert response.status_code == 200
     # Without the release this request would queue behind the one that left (~2 s).
     assert waited < 1.2, f"waited {waited:.2f}s"
+
+
+def test_allowed_responses_carry_the_headers_only_where_configured(envoy):
+    advertised = envoy.get("/advertised", {"x-api-key": "adv"})
+    assert advertised.status_code == 200
+    assert advertised.headers["ratelimit-policy"] == '"advertised";q=5;w=3600'
+    assert advertised.headers["ratelimit"].startswith('"advertised";r=4;t=')
+    assert advertised.headers["x-ratelimit-remaining"] == "4"
+    assert "retry-after" not in advertised.headers
+    quiet = envoy.get("/per-key", {"x-api-key": "quiet"})
+    assert quiet.status_code == 200
+    assert "ratelimit" not in quiet.headers and "x-ratelimit-limit" not in quiet.headers

@@ -193,6 +193,8 @@ pub struct RateLimitPolicy {
     pub limit: Limit,
     pub mode: LimitMode,
     pub shadow: bool,
+    /// Add the rate-limit headers to allowed responses too.
+    pub headers_on_allowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

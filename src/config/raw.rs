@@ -86,6 +86,9 @@ pub struct RawRateLimit {
     #[serde(default)]
     pub shadow: bool,
     pub service: Option<RawRateLimitService>,
+    /// Also put the rate-limit headers on allowed responses (limited ones always carry them).
+    #[serde(default)]
+    pub enable_ratelimit_headers: bool,
 }
 
 #[derive(Deserialize, Debug)]

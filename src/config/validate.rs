@@ -707,6 +707,7 @@ fn build_rate_limit(name: &str, raw: &RawRateLimit) -> Result<RateLimitPolicy, C
         limit,
         mode,
         shadow: raw.shadow,
+        headers_on_allowed: raw.enable_ratelimit_headers,
     })
 }
 

@@ -13,7 +13,7 @@ use super::state::{now_ms, Delayed, GlobalWait, VmState, Waiter, WAITING_TICK};
 use crate::auth::error::AuthError;
 use crate::auth::remote::LEASE_MARGIN_MS;
 use crate::config::RequestReads;
-use crate::pipeline::{self, Decision, Mutations, PendingGlobal};
+use crate::pipeline::{self, Allowed, Decision, Mutations, PendingGlobal};
 use crate::ratelimit::{self, key::ip_of_address, rls, GlobalAnswer};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
@@ -89,6 +89,18 @@ fn waiting_on_fetch(
 
 /// Turns a decision into an action; a delayed request is parked until its token is due.
 fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) -> StreamAction {
+    if let Decision::Allow(Allowed { mutations, .. })
+    | Decision::Delay {
+        allowed: Allowed { mutations, .. },
+        ..
+    } = &decision
+    {
+        if !mutations.response_headers.is_empty() {
+            state
+                .response_headers
+                .insert(context_id, mutations.response_headers.clone());
+        }
+    }
     match decision {
         Decision::Allow(allowed) => StreamAction::Forward(allowed.mutations),
         Decision::Deny { reply, .. } => StreamAction::Reply(reply),
@@ -385,6 +397,11 @@ impl HttpContext for MeshguardHttp {
         };
         carry_out(&action, false)
     }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.add_response_headers();
+        Action::Continue
+    }
 }
 
 fn request_header(name: &str) -> Option<String> {
@@ -427,6 +444,24 @@ fn gather_request(reads: &RequestReads) -> Request {
     }
 }
 
+impl MeshguardHttp {
+    fn add_response_headers(&self) {
+        let headers = match self.state.try_borrow_mut() {
+            Ok(mut st) if !st.response_headers.is_empty() => {
+                st.response_headers.remove(&self.context_id)
+            }
+            _ => None,
+        };
+        for (name, value) in headers.iter().flatten() {
+            let _ = hostcalls::set_map_value(
+                proxy_wasm::types::MapType::HttpResponseHeaders,
+                name,
+                Some(value),
+            );
+        }
+    }
+}
+
 impl Drop for MeshguardHttp {
     fn drop(&mut self) {
         // A paused request whose client went away gives up its place (and a delayed one
@@ -434,6 +469,7 @@ impl Drop for MeshguardHttp {
         if let Ok(mut st) = self.state.try_borrow_mut() {
             st.waiters
                 .retain(|waiter| waiter.context_id != self.context_id);
+            st.response_headers.remove(&self.context_id);
             if let Some(index) = st
                 .delayed
                 .iter()

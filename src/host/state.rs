@@ -50,6 +50,8 @@ pub struct VmState {
     pub buckets: HostBuckets,
     /// Requests waiting for the rate-limit service, by context id.
     pub global: HashMap<u32, GlobalWait>,
+    /// Headers to add to a stream's response, by context id.
+    pub response_headers: HashMap<u32, Vec<(String, String)>>,
     /// gRPC call token -> (context id, index of the check).
     pub global_calls: HashMap<u32, (u32, usize)>,
     /// HTTP call token -> provider index, for JWKS fetches this VM started.
@@ -68,6 +70,7 @@ impl VmState {
             buckets: HostBuckets,
             global: HashMap::new(),
             global_calls: HashMap::new(),
+            response_headers: HashMap::new(),
             fetches: HashMap::new(),
         }
     }
