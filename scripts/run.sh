@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
-rm -f .run/tokens.env
+rm -f .run/tokens.env .run/access.log
 
 pids=()
 cleanup() {
@@ -23,7 +23,7 @@ for _ in $(seq 100); do [ -s .run/tokens.env ] && break; sleep 0.1; done
 source .run/tokens.env
 
 .venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l info \
-  --log-path .run/envoy.log &
+  --file-flush-interval-msec 200 --log-path .run/envoy.log &
 pids+=($!)
 for _ in $(seq 300); do
   curl -sf -o /dev/null http://127.0.0.1:9901/ready && break
@@ -45,7 +45,9 @@ declare -A lines=(
 )
 
 echo
-echo "meshguard is running: Envoy on http://127.0.0.1:10000 (admin :9901), log in .run/envoy.log"
+echo "meshguard is running: Envoy on http://127.0.0.1:10000 (admin :9901)"
+echo "meshguard's records: .run/envoy.log; Envoy's access log with meshguard's decision: .run/access.log"
+echo "metrics: curl -s http://127.0.0.1:9901/stats/prometheus | grep ^meshguard"
 echo "Try these (expected status in brackets):"
 for name in "${names[@]}"; do
   echo
@@ -70,6 +72,7 @@ if [ "${1:-}" = "--check" ]; then
       failed=1
     fi
   done
+  sleep 0.5 # let Envoy flush its access log
   exit "$failed"
 fi
 echo "Press Ctrl-C to stop."

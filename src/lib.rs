@@ -11,6 +11,7 @@
     )
 )]
 
+pub mod accesslog;
 pub mod auth;
 pub mod config;
 pub mod pipeline;

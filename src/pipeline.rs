@@ -3,11 +3,13 @@
 
 use std::rc::Rc;
 
+use crate::accesslog;
 use crate::auth::cache::{TokenCache, VerifiedToken};
 use crate::auth::extract::{cookie_header_without, path_without_params, Location};
 use crate::auth::remote::FetchReason;
 use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
 use crate::config::{Access, Config, Rule, Unmatched};
+use crate::ratelimit::bucket::Take;
 use crate::ratelimit::key::KeyFacts;
 use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, PolicyOutcome};
 use crate::reply::{self, LocalReply};
@@ -41,6 +43,8 @@ pub enum Decision {
     Deny {
         rule: Option<usize>,
         reply: LocalReply,
+        /// What each rate-limit policy decided (for the log), when one refused.
+        limits: Vec<PolicyOutcome>,
     },
     /// Ask the rate-limit service (`checks`), then decide with `after_global`.
     CheckGlobal(PendingGlobal),
@@ -71,6 +75,7 @@ pub fn decide(
             Unmatched::Deny => Decision::Deny {
                 rule: None,
                 reply: reply::no_rule_matches(),
+                limits: Vec::new(),
             },
             Unmatched::Allow => Decision::Allow(Allowed {
                 rule: None,
@@ -153,10 +158,12 @@ pub fn decide(
         Verdict::Missing => Decision::Deny {
             rule: Some(rule_index),
             reply: reply::token_missing(&rule.name),
+            limits: Vec::new(),
         },
         Verdict::Failed(error) => Decision::Deny {
             rule: Some(rule_index),
             reply: reply::token_refused(error),
+            limits: Vec::new(),
         },
         Verdict::AwaitingKeys => Decision::AwaitKeys(
             outcomes
@@ -284,6 +291,7 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Dec
         } => Decision::Deny {
             rule: allowed.rule,
             reply: reply::rate_limited(config, &outcomes, refused_by),
+            limits: outcomes,
         },
         ratelimit::Verdict::ServiceUnavailable { policy } => Decision::Deny {
             rule: allowed.rule,
@@ -293,6 +301,7 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Dec
                     .get(policy)
                     .map_or("", |p| p.name.as_str()),
             ),
+            limits: Vec::new(),
         },
     }
 }
@@ -300,5 +309,63 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Dec
 fn push_unique(list: &mut Vec<String>, item: &str) {
     if !list.iter().any(|existing| existing == item) {
         list.push(item.to_owned());
+    }
+}
+
+fn limit_entries(config: &Config, limits: &[PolicyOutcome]) -> Vec<accesslog::LimitEntry> {
+    limits
+        .iter()
+        .map(|outcome| {
+            let (decision, remaining) = match outcome.take {
+                Take::Allowed { remaining, .. } => ("allowed", Some(remaining)),
+                Take::Delayed { .. } => ("delayed", Some(0)),
+                Take::Refused { .. } if outcome.shadow => ("shadow_limited", Some(0)),
+                Take::Refused { .. } => ("limited", Some(0)),
+            };
+            accesslog::LimitEntry {
+                policy: config
+                    .rate_limits
+                    .get(outcome.policy)
+                    .map_or_else(String::new, |p| p.name.clone()),
+                decision,
+                remaining,
+            }
+        })
+        .collect()
+}
+
+/// What the log and Envoy's filter state say about a decision; `None` while it is pending.
+pub fn summarize(config: &Config, decision: &Decision) -> Option<accesslog::Verdict> {
+    let rule_name = |rule: Option<usize>| {
+        rule.and_then(|r| config.rules.get(r))
+            .map(|r| r.name.clone())
+    };
+    match decision {
+        Decision::Allow(allowed) | Decision::Delay { allowed, .. } => {
+            let first = allowed.identities.first();
+            Some(accesslog::Verdict {
+                rule: rule_name(allowed.rule),
+                provider: first
+                    .and_then(|token| config.providers.get(token.provider))
+                    .map(|p| p.name.clone()),
+                subject: first.and_then(|token| token.subject.clone()),
+                decision: accesslog::Decision::Allowed.name(),
+                reason: None,
+                rate_limits: limit_entries(config, &allowed.limits),
+            })
+        }
+        Decision::Deny {
+            rule,
+            reply,
+            limits,
+        } => Some(accesslog::Verdict {
+            rule: rule_name(*rule),
+            provider: None,
+            subject: None,
+            decision: accesslog::Decision::of_status(reply.status).name(),
+            reason: Some(reply.reason.clone()),
+            rate_limits: limit_entries(config, limits),
+        }),
+        Decision::CheckGlobal(_) | Decision::AwaitKeys(_) => None,
     }
 }

@@ -10,6 +10,8 @@ pub struct LocalReply {
     pub body: String,
     /// Short machine-readable cause, for logs and Envoy's response details.
     pub detail: &'static str,
+    /// The reason in words (the body's `reason`), for the access log.
+    pub reason: String,
 }
 
 fn json_body(error: &str, reason: &str) -> String {
@@ -44,6 +46,7 @@ fn reply(
         headers,
         body: json_body(error, reason),
         detail,
+        reason: reason.to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 """`make run` works: the demo starts, and the curl lines it prints give the statuses it says:
 allow, deny and 429."""
 
+import json
 import subprocess
 
 from support.envoy import REPO
@@ -12,3 +13,9 @@ def test_make_run_demo_shows_allow_and_deny():
     for name, status in [("allowed", 200), ("no-token", 401), ("expired", 401), ("wrong-audience", 403), ("no-rule", 403), ("rate-limited", "200 200 200 429"), ("rate-limit-headers", 429)]:
         assert f"ok   {name}: {status}" in result.stdout
     assert "curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer ey" in result.stdout
+
+    # The shipped access-log example: Envoy's own log carries meshguard's decision.
+    entries = [json.loads(line) for line in (REPO / ".run" / "access.log").read_text().splitlines()]
+    decisions = {json.loads(entry["meshguard"])["decision"] for entry in entries if entry["meshguard"]}
+    assert {"allowed", "unauthenticated", "forbidden", "rate_limited"} <= decisions
+    assert all("?" not in entry["path"] for entry in entries)

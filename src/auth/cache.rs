@@ -89,7 +89,10 @@ impl TokenCache {
         now_s: u64,
         keys_generation: u64,
     ) -> Option<Result<Rc<VerifiedToken>, AuthError>> {
-        let map = self.by_provider.get_mut(provider)?;
+        let Some(map) = self.by_provider.get_mut(provider) else {
+            self.misses += 1;
+            return None;
+        };
         match map.get(token) {
             Some(entry)
                 if now_s < entry.expires_at_s && entry.keys_generation == keys_generation =>

@@ -3,13 +3,15 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use log::warn;
+use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::jwks;
+use super::metrics::requests_metric;
 use super::state::{now_ms, Delayed, GlobalWait, VmState, Waiter, WAITING_TICK};
+use crate::accesslog;
 use crate::auth::error::AuthError;
 use crate::auth::remote::LEASE_MARGIN_MS;
 use crate::config::RequestReads;
@@ -87,8 +89,26 @@ fn waiting_on_fetch(
     })
 }
 
-/// Turns a decision into an action; a delayed request is parked until its token is due.
+/// Turns a decision into an action; a delayed request is parked until its token is due. The
+/// decision is counted and kept for the stream's log record.
 fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) -> StreamAction {
+    if let Some(verdict) = pipeline::summarize(&state.config, &decision) {
+        let shadow_limited = verdict
+            .rate_limits
+            .iter()
+            .any(|l| l.decision == "shadow_limited");
+        let counted = if shadow_limited && verdict.decision == "allowed" {
+            "shadow_limited"
+        } else {
+            verdict.decision
+        };
+        let name = requests_metric(verdict.rule.as_deref(), counted);
+        state.metrics.increment(&name);
+        if let Decision::Delay { wait_ms, .. } = &decision {
+            state.metrics.record("meshguard_delay_wait_ms", *wait_ms);
+        }
+        state.verdicts.insert(context_id, verdict);
+    }
     if let Decision::Allow(Allowed { mutations, .. })
     | Decision::Delay {
         allowed: Allowed { mutations, .. },
@@ -138,6 +158,7 @@ fn ask_rate_limit_service(
             check.timeout,
         ) {
             Ok(token) => {
+                state.metrics.increment("meshguard_rls_calls_total");
                 state.global_calls.insert(token, (context_id, index));
             }
             Err(status) => {
@@ -145,6 +166,7 @@ fn ask_rate_limit_service(
                     "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
                     check.cluster
                 );
+                state.metrics.increment("meshguard_rls_errors_total");
                 if let Some(answer) = answers.get_mut(index) {
                     *answer = Some(GlobalAnswer::Failed);
                 }
@@ -190,6 +212,9 @@ pub fn on_grpc_response(
             warn!("rate limit service answered gRPC status {status_code}");
             GlobalAnswer::Failed
         };
+        if answer == GlobalAnswer::Failed {
+            st.metrics.increment("meshguard_rls_errors_total");
+        }
         let complete = match st.global.get_mut(&context_id) {
             Some(wait) => {
                 if let Some(slot) = wait.answers.get_mut(index) {
@@ -360,6 +385,9 @@ pub fn on_call_response(
 pub struct MeshguardHttp {
     pub context_id: u32,
     pub state: Rc<RefCell<VmState>>,
+    pub start_ms: u64,
+    /// Whether the decision is already in Envoy's filter state.
+    pub exported: bool,
 }
 
 impl Context for MeshguardHttp {
@@ -390,17 +418,42 @@ impl HttpContext for MeshguardHttp {
             Ok(st) => st.config.clone(),
             Err(_) => return carry_out(&StreamAction::Reply(reply::internal_error()), false),
         };
+        self.start_ms = now_ms();
         let request = gather_request(&reads.reads);
         let action = match self.state.try_borrow_mut() {
             Ok(mut st) => decide_new(&mut st, self.context_id, request),
             Err(_) => StreamAction::Reply(reply::internal_error()),
         };
+        self.export_verdict();
         carry_out(&action, false)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.export_verdict();
         self.add_response_headers();
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.export_verdict();
+        let (verdict, config) = match self.state.try_borrow_mut() {
+            Ok(mut st) => (st.verdicts.remove(&self.context_id), st.config.clone()),
+            Err(_) => return,
+        };
+        let Some(verdict) = verdict else {
+            return; // the stream ended before a decision (client gone while waiting)
+        };
+        if !config.access_log.enabled {
+            return;
+        }
+        let exchange = gather_exchange(self.start_ms, &config.access_log.request_headers);
+        let sample_key = exchange
+            .request_id
+            .clone()
+            .unwrap_or_else(|| self.start_ms.to_string());
+        if accesslog::should_log(&config.access_log, &verdict, exchange.status, &sample_key) {
+            info!("{}", accesslog::render(&exchange, &verdict));
+        }
     }
 }
 
@@ -408,6 +461,47 @@ fn request_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+}
+
+fn string_property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// What the access log needs, read at the end of the stream.
+fn gather_exchange(start_ms: u64, configured: &[String]) -> accesslog::Exchange {
+    accesslog::Exchange {
+        start_ms,
+        end_ms: now_ms(),
+        request_id: request_header("x-request-id"),
+        traceparent: request_header("traceparent"),
+        b3_trace_id: request_header("x-b3-traceid"),
+        method: request_header(":method").unwrap_or_default(),
+        path: request_header(":path").unwrap_or_default(),
+        authority: request_header(":authority").unwrap_or_default(),
+        status: number_property(&["response", "code"]).or_else(|| {
+            hostcalls::get_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse().ok())
+        }),
+        request_bytes: number_property(&["request", "total_size"]),
+        response_bytes: number_property(&["response", "total_size"]),
+        client_address: string_property(&["source", "address"]),
+        headers: configured
+            .iter()
+            .filter(|name| !accesslog::is_secret(name))
+            .filter_map(|name| request_header(name).map(|value| (name.clone(), value)))
+            .collect(),
+    }
+}
+
+/// Envoy encodes integer attributes as 8 little-endian bytes.
+fn number_property(path: &[&str]) -> Option<u64> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    <[u8; 8]>::try_from(bytes.as_slice())
+        .ok()
+        .map(u64::from_le_bytes)
 }
 
 /// Fetches only what the configuration reads (see `RequestReads`).
@@ -445,6 +539,25 @@ fn gather_request(reads: &RequestReads) -> Request {
 }
 
 impl MeshguardHttp {
+    /// Puts the decision in Envoy's filter state (`wasm.meshguard`), once, so Envoy's own access
+    /// loggers can print it (`%FILTER_STATE(wasm.meshguard:PLAIN)%`).
+    fn export_verdict(&mut self) {
+        if self.exported {
+            return;
+        }
+        let json = match self.state.try_borrow() {
+            Ok(st) => st
+                .verdicts
+                .get(&self.context_id)
+                .and_then(|v| serde_json::to_string(v).ok()),
+            Err(_) => None,
+        };
+        if let Some(json) = json {
+            let _ = hostcalls::set_property(vec!["meshguard"], Some(json.as_bytes()));
+            self.exported = true;
+        }
+    }
+
     fn add_response_headers(&self) {
         let headers = match self.state.try_borrow_mut() {
             Ok(mut st) if !st.response_headers.is_empty() => {
@@ -470,6 +583,7 @@ impl Drop for MeshguardHttp {
             st.waiters
                 .retain(|waiter| waiter.context_id != self.context_id);
             st.response_headers.remove(&self.context_id);
+            st.verdicts.remove(&self.context_id);
             if let Some(index) = st
                 .delayed
                 .iter()

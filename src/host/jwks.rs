@@ -203,6 +203,11 @@ pub fn finish_fetch(
 }
 
 fn record_outcome(state: &mut VmState, provider: usize, succeeded: bool, now_ms: u64) {
+    if !succeeded {
+        state
+            .metrics
+            .increment("meshguard_jwks_fetch_failures_total");
+    }
     let Some((name, remote)) = remote_of(state, provider) else {
         return;
     };

@@ -6,6 +6,7 @@ mod buckets;
 mod crypto;
 mod http;
 mod jwks;
+mod metrics;
 mod root;
 mod state;
 

@@ -103,6 +103,8 @@ impl RootContext for MeshguardRoot {
             Some(state) => Some(Box::new(MeshguardHttp {
                 context_id,
                 state: state.clone(),
+                start_ms: 0,
+                exported: false,
             })),
             None => Some(Box::new(Unconfigured)),
         }

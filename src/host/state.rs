@@ -9,6 +9,7 @@ use proxy_wasm::hostcalls;
 
 use super::buckets::HostBuckets;
 use super::crypto::HostVerifier;
+use super::metrics::Metrics;
 use crate::auth::cache::TokenCache;
 use crate::auth::remote::KeyStore;
 use crate::auth::AuthEnv;
@@ -50,6 +51,10 @@ pub struct VmState {
     pub buckets: HostBuckets,
     /// Requests waiting for the rate-limit service, by context id.
     pub global: HashMap<u32, GlobalWait>,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// What was decided for each stream, kept for its access-log record.
+    pub verdicts: HashMap<u32, crate::accesslog::Verdict>,
     /// Headers to add to a stream's response, by context id.
     pub response_headers: HashMap<u32, Vec<(String, String)>>,
     /// gRPC call token -> (context id, index of the check).
@@ -71,6 +76,8 @@ impl VmState {
             global: HashMap::new(),
             global_calls: HashMap::new(),
             response_headers: HashMap::new(),
+            metrics: Metrics::default(),
+            verdicts: HashMap::new(),
             fetches: HashMap::new(),
         }
     }
@@ -82,7 +89,15 @@ impl VmState {
             verifier: &self.verifier,
             now_ms,
         };
-        decide(&env, &mut self.cache, &mut self.buckets, request)
+        let (hits, misses) = (self.cache.hits, self.cache.misses);
+        let decision = decide(&env, &mut self.cache, &mut self.buckets, request);
+        self.metrics
+            .add("meshguard_token_cache_hits_total", self.cache.hits - hits);
+        self.metrics.add(
+            "meshguard_token_cache_misses_total",
+            self.cache.misses - misses,
+        );
+        decision
     }
 
     pub fn has_remote_providers(&self) -> bool {

@@ -52,6 +52,14 @@ def meshguard_filter(plugin_config, wasm=WASM):
     }
 
 
+# meshguard's request counter carries its rule and decision in the stat name; these turn them
+# into Prometheus labels (the same stanza as envoy/envoy.yaml).
+MESHGUARD_STATS_TAGS = [
+    {"tag_name": "rule", "regex": r"^wasmcustom\.meshguard_requests_total\.(rule\.([^.]+)\.)"},
+    {"tag_name": "decision", "regex": r"^wasmcustom\.meshguard_requests_total(?:\.rule\.[^.]+)?(\.decision\.([^.]+))$"},
+]
+
+
 def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     route = {"match": {"prefix": "/"}}
@@ -70,6 +78,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
         "http_filters": list(http_filters) + [router],
     }
     return {
+        "stats_config": {"stats_tags": MESHGUARD_STATS_TAGS},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [
@@ -170,6 +179,17 @@ class Envoy:
 
     def request(self, method, path, headers=None, timeout=10, **kwargs):
         return self.session.request(method, self.url(path), headers=headers or {}, timeout=timeout, **kwargs)
+
+    def prometheus(self):
+        return requests.get(f"http://127.0.0.1:{self.admin_port}/stats/prometheus", timeout=5).text
+
+    def meshguard_records(self):
+        """The access-log records meshguard wrote through Envoy's log."""
+        records = []
+        for line in self.log().splitlines():
+            if "[wasm]" in line and ": {" in line:
+                records.append(json.loads(line[line.index(": {") + 2 :]))
+        return records
 
     def stat(self, name):
         text = requests.get(f"http://127.0.0.1:{self.admin_port}/stats?filter=^{name}$", timeout=5).text

@@ -1,0 +1,58 @@
+//! Counters and a histogram through proxy-wasm's metric API, defined on first use. Envoy shows
+//! them in `/stats/prometheus` under names that start with `meshguard_`.
+
+use hashbrown::HashMap;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_owned(), id);
+        Some(id)
+    }
+
+    pub fn add(&mut self, name: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn increment(&mut self, name: &str) {
+        self.add(name, 1);
+    }
+
+    pub fn record(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// `meshguard_requests_total` for one rule and decision. Rule names become part of the stat
+/// name, with characters Prometheus does not allow replaced by `_`.
+pub fn requests_metric(rule: Option<&str>, decision: &str) -> String {
+    let rule: String = rule
+        .unwrap_or("none")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("meshguard_requests_total.rule.{rule}.decision.{decision}")
+}
