@@ -72,11 +72,11 @@ def meshguard_hot_key_config():
     }
 
 
-def meshguard_config(keys):
+def meshguard_config(keys, access_log=False):
     return {
         "providers": {"corp": {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline": keys}, "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}]}},
         "rules": [{"name": "api", "match": {"prefix": "/"}, "requires": "corp"}],
-        "access_log": {"enabled": False},
+        "access_log": {"enabled": access_log, "sample_rate": 1.0, "request_headers": ["user-agent"]},
     }
 
 
@@ -153,6 +153,7 @@ def main():
         ("meshguard, no rules (pass-through)", pass_through, [None] * args.cached_requests, [None] * 500),
         ("jwt_authn, cached RS256", [jwt_authn_filter(keys, True)], [cached_token] * args.cached_requests, [cached_token] * 500),
         ("meshguard, cached RS256", mg, [cached_token] * args.cached_requests, [cached_token] * 500),
+        ("meshguard, cached RS256, access log on", [meshguard_filter(meshguard_config(keys, access_log=True))], [cached_token] * args.cached_requests, [cached_token] * 500),
         # jwt_authn's default: no token cache, so a repeated token is verified every time.
         ("jwt_authn default (no cache), repeated RS256", [jwt_authn_filter(keys, False)], [cached_token] * args.cached_requests, [cached_token] * 500),
         ("local_ratelimit, hot key", [local_ratelimit_filter()], [None] * args.cached_requests, [None] * 500),

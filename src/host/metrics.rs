@@ -1,5 +1,7 @@
 //! Counters and a histogram through proxy-wasm's metric API, defined on first use. Envoy shows
-//! them in `/stats/prometheus` under names that start with `meshguard_`.
+//! them in `/stats/prometheus` under names that start with `meshguard_`. Counter increments are
+//! summed in the VM and handed to Envoy on the root context's tick (every second): a call into
+//! Envoy per request per counter would cost more than the work it counts.
 
 use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
@@ -8,6 +10,8 @@ use proxy_wasm::types::MetricType;
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
+    /// Counter increments not yet handed to Envoy, by metric id.
+    pending: HashMap<u32, u64>,
 }
 
 impl Metrics {
@@ -25,6 +29,14 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Counter, name) {
+            let slot = self.pending.entry(id).or_insert(0);
+            *slot = slot.saturating_add(count);
+        }
+    }
+
+    /// Hands the summed increments to Envoy.
+    pub fn flush(&mut self) {
+        for (id, count) in self.pending.drain() {
             let _ = hostcalls::increment_metric(id, i64::try_from(count).unwrap_or(i64::MAX));
         }
     }

@@ -89,6 +89,7 @@ impl RootContext for MeshguardRoot {
         };
         if let Ok(mut st) = state.try_borrow_mut() {
             jwks::on_tick(&mut st, now_ms());
+            st.metrics.flush();
         }
         resume_waiters(&state, self.context_id);
         resume_delayed(&state, self.context_id);

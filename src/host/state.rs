@@ -100,28 +100,16 @@ impl VmState {
         decision
     }
 
-    pub fn has_remote_providers(&self) -> bool {
-        (0..self.config.providers.len()).any(|p| self.keys.remote(p).is_some())
-    }
-
     /// How often the root context should tick: soon enough for the next delayed request, fast
-    /// while requests wait for keys, else slowly for key refreshes (or not at all).
+    /// while requests wait for keys, else once a second (key refreshes, metric flushes).
     pub fn tick_period(&self, now_ms: u64) -> Duration {
-        let mut period = if self.has_remote_providers() {
-            IDLE_TICK
-        } else {
-            Duration::ZERO
-        };
+        let mut period = IDLE_TICK;
         if !self.waiters.is_empty() {
             period = WAITING_TICK;
         }
         if let Some(due) = self.delayed.iter().map(|d| d.due_ms).min() {
             let until = Duration::from_millis(due.saturating_sub(now_ms).max(1));
-            period = if period.is_zero() {
-                until
-            } else {
-                period.min(until)
-            };
+            period = period.min(until);
         }
         period
     }
