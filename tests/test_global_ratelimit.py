@@ -63,6 +63,9 @@ def test_the_global_limit_holds_exactly_across_two_envoys(tmp_path, upstream, rl
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         # Another key has its own counter.
         assert second.get("/orders", {"x-api-key": "other-key"}).status_code == 200
+        calls = first.counter("meshguard_rls_calls_total") + second.counter("meshguard_rls_calls_total", wait=False)
+        assert calls == 3 * LIMIT + 2, f"{calls} calls counted by the two Envoys"
+        assert first.counter("meshguard_rls_errors_total", wait=False) == 0
 
 
 def test_a_stopped_service_allows_by_default_and_denies_with_failure_mode_deny(tmp_path, upstream):
@@ -73,6 +76,7 @@ def test_a_stopped_service_allows_by_default_and_denies_with_failure_mode_deny(t
         response = strict.get("/orders", {"x-api-key": "k"})
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
+        assert strict.counter("meshguard_rls_errors_total") == 1
 
 
 @pytest.mark.parametrize("failure_mode_deny,expected", [(False, 200), (True, 503)])

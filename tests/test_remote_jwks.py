@@ -54,6 +54,8 @@ def test_first_request_waits_for_keys_and_is_allowed(tmp_path, upstream, idp, ke
         assert response.status_code == 200, response.text
         assert response.json()["headers"]["x-user"] == ["alice"]
         assert idp.fetches == 1
+        assert envoy.counter("meshguard_jwks_fetches_total") == 1
+        assert envoy.counter("meshguard_jwks_fetch_failures_total", wait=False) == 0
 
 
 def test_one_fetch_serves_every_worker(tmp_path, upstream, idp, keys):
@@ -79,6 +81,7 @@ def test_idp_down_and_no_keys_gives_503_with_retry_after(tmp_path, upstream, key
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["error"] == "unavailable"
         assert token not in response.text
+        assert envoy.counter("meshguard_jwks_fetch_failures_total") >= 1
 
 
 @pytest.mark.parametrize("mode", ["garbage", "error", "empty"])

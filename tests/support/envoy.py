@@ -183,6 +183,15 @@ class Envoy:
     def prometheus(self):
         return requests.get(f"http://127.0.0.1:{self.admin_port}/stats/prometheus", timeout=5).text
 
+    def counter(self, name, wait=True):
+        """A meshguard counter from /stats/prometheus (counters reach Envoy once a second)."""
+        if wait:
+            time.sleep(1.2)
+        for line in self.prometheus().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
     def meshguard_records(self):
         """The access-log records meshguard wrote through Envoy's log."""
         records = []
