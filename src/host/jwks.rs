@@ -107,6 +107,7 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
                 "provider {name}: fetching JWKS from {} ({reason:?})",
                 remote.uri
             );
+            state.metrics.increment("meshguard_jwks_fetches_total");
             state.fetches.insert(token, provider);
             true
         }
