@@ -4,6 +4,7 @@
 
 mod buckets;
 mod crypto;
+mod facts;
 mod http;
 mod jwks;
 mod metrics;
