@@ -18,6 +18,13 @@ fn json_body(error: &str, reason: &str) -> String {
     serde_json::json!({ "error": error, "reason": reason }).to_string()
 }
 
+impl LocalReply {
+    /// The value of one of the reply's headers.
+    pub fn self.header(name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
 /// Escapes a value for a quoted-string in `WWW-Authenticate` (RFC 9110 §5.6.4).
 fn quoted(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
@@ -159,20 +166,12 @@ pub fn internal_error() -> LocalReply {
 mod tests {
     use super::*;
 
-    fn header<'r>(reply: &'r LocalReply, name: &str) -> Option<&'r str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     #[test]
     fn missing_token_names_the_rule_as_realm_with_no_error_code() {
         let r = token_missing("api \"v2\"");
         assert_eq!(r.status, 401);
         assert_eq!(
-            header(&r, "www-authenticate"),
+            r.header("www-authenticate"),
             Some(r#"Bearer realm="api \"v2\"""#)
         );
     }
@@ -182,18 +181,18 @@ mod tests {
         let expired = token_refused(AuthError::Expired);
         assert_eq!(expired.status, 401);
         assert_eq!(
-            header(&expired, "www-authenticate"),
+            expired.header("www-authenticate"),
             Some(r#"Bearer error="invalid_token", error_description="token is expired""#)
         );
         let audience = token_refused(AuthError::AudienceNotAllowed);
         assert_eq!(audience.status, 403);
         assert_eq!(
-            header(&audience, "www-authenticate"),
+            audience.header("www-authenticate"),
             Some(r#"Bearer error="insufficient_scope""#)
         );
         let down = token_refused(AuthError::KeysUnavailable { retry_after_s: 0 });
         assert_eq!(down.status, 503);
-        assert_eq!(header(&down, "retry-after"), Some("1"));
+        assert_eq!(down.header("retry-after"), Some("1"));
         assert_eq!(no_rule_matches().status, 403);
     }
 

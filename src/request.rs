@@ -29,6 +29,16 @@ impl Request {
         }
     }
 
+    /// A GET request with these headers, for tests.
+    #[cfg(test)]
+    pub fn get(path: &str, headers: &[(&str, &str)]) -> Request {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        Request::new("GET", path, "svc", headers)
+    }
+
     /// The path without its query: what rules match on.
     pub fn path_only(&self) -> &str {
         self.path

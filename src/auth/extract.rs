@@ -200,15 +200,7 @@ mod tests {
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> Request {
-        Request::new(
-            "GET",
-            path,
-            "svc",
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        )
+        Request::get(path, headers)
     }
 
     #[test]

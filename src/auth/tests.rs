@@ -59,15 +59,7 @@ fn default_rules() -> serde_json::Value {
 }
 
 fn request(path: &str, headers: &[(&str, &str)]) -> Request {
-    Request::new(
-        "GET",
-        path,
-        "svc",
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-    )
+    Request::get(path, headers)
 }
 
 fn bearer(token: &str) -> String {

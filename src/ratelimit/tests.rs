@@ -67,15 +67,7 @@ impl Harness {
     }
 
     fn send(&mut self, path: &str, ip: &str, headers: &[(&str, &str)], now_ms: u64) -> Decision {
-        let mut request = Request::new(
-            "GET",
-            path,
-            "svc",
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        );
+        let mut request = Request::get(path, headers);
         request.client_ip = Some(ip.to_string());
         let env = AuthEnv {
             config: &self.config,
@@ -118,13 +110,7 @@ fn exactly_max_tokens_pass_then_429_with_headers() {
     let Decision::Deny { reply, .. } = h.send("/open", "10.0.0.1", &[], 1_200) else {
         panic!()
     };
-    let header = |name: &str| {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| reply.header(name).map(str::to_owned);
     assert_eq!(
         header("ratelimit-policy").as_deref(),
         Some("\"per_ip\";q=3;w=1")
@@ -281,13 +267,7 @@ fn over_limit_from_the_service_is_429_with_its_numbers_and_refunds_local_tokens(
             panic!("{decision:?}")
         };
         assert_eq!(reply.status, 429);
-        let header = |name: &str| {
-            reply
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
+        let header = |name: &str| reply.header(name).map(str::to_owned);
         assert_eq!(header("x-ratelimit-limit").as_deref(), Some("10"));
         assert_eq!(header("retry-after").as_deref(), Some("30"));
         assert!(header("ratelimit").unwrap().contains("\"global\";r=0;t=30"));
