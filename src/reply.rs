@@ -20,8 +20,11 @@ fn json_body(error: &str, reason: &str) -> String {
 
 impl LocalReply {
     /// The value of one of the reply's headers.
-    pub fn self.header(name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
