@@ -164,7 +164,7 @@ def test_metrics_count_a_known_sequence(tmp_path, upstream, signer):
         envoy.get("/nowhere")  # 403
         envoy.get("/healthz")  # 200, then shadow-limited
         envoy.get("/healthz")
-        time.sleep(1.5)  # counters reach Envoy on the next tick (every second)
+        time.sleep(2.5)  # counters reach Envoy on the next tick (every second)
         metrics = {}
         for line in envoy.prometheus().splitlines():
             if line.startswith("meshguard_"):

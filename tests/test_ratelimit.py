@@ -117,7 +117,7 @@ def test_delay_mode_spaces_requests_out_and_refuses_past_max_delay(envoy):
     assert statuses == [200, 200, 200, 200, 429, 429], statuses
     waits = sorted(elapsed for r, elapsed in results if r.status_code == 200)
     for expected, waited in zip([0.0, 0.3, 0.6, 0.9], waits):
-        assert expected - 0.05 <= waited <= expected + 0.25, (expected, waits)
+        assert expected - 0.1 <= waited <= expected + 0.3, (expected, waits)
 
 
 def test_a_delayed_request_whose_client_leaves_gives_its_place_back(envoy):

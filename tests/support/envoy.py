@@ -186,7 +186,7 @@ class Envoy:
     def counter(self, name, wait=True):
         """A meshguard counter from /stats/prometheus (counters reach Envoy once a second)."""
         if wait:
-            time.sleep(1.2)
+            time.sleep(2.2)
         for line in self.prometheus().splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return int(float(line.rsplit(" ", 1)[1]))
