@@ -11,7 +11,7 @@ setup:
 	@scripts/setup.sh
 
 wasm: setup
-	cargo build --target wasm32-wasip1 --release
+	cargo build --target wasm32-wasip1 --release --lib
 
 build: wasm
 
