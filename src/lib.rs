@@ -14,6 +14,7 @@
 pub mod accesslog;
 pub mod auth;
 pub mod config;
+pub mod hash;
 pub mod pipeline;
 pub mod proto;
 pub mod ratelimit;

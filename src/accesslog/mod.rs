@@ -205,17 +205,7 @@ pub fn should_log(
     if config.sample_rate >= 1.0 {
         return true;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in sample_key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // Mix the bits (murmur3's finaliser): FNV alone leaves similar ids close together.
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^= hash >> 33;
+    let hash = crate::hash::mixed(&[sample_key.as_bytes()]);
     config.sample_rate > 0.0 && (hash >> 11) as f64 / (1u64 << 53) as f64 <= config.sample_rate
 }
 

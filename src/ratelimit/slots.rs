@@ -7,25 +7,12 @@
 
 use super::bucket::{BucketState, Take, TakeMode};
 use crate::config::TokenBucket;
+use crate::hash::fnv1a;
 
 pub const SLOTS_PER_POLICY: u64 = 4096;
 pub const KEYS_PER_SLOT: usize = 8;
 /// Keys longer than this are cut (and the cut tail hashed in), so slots stay small.
 const MAX_KEY_BYTES: usize = 256;
-
-/// FNV-1a: the same on every worker's VM (a seeded hasher would not be).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in *part {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
 
 pub fn slot_name(policy: &str, key: &str) -> String {
     let slot = fnv1a(&[policy.as_bytes(), key.as_bytes()]) % SLOTS_PER_POLICY;
