@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm rls-server unit lint integration test run bench clean
+.PHONY: all setup build wasm rls-server unit lint integration test run bench clean schema oci-image
 
 all: build
 
@@ -11,14 +11,14 @@ setup:
 	@scripts/setup.sh
 
 wasm: setup
-	cargo build --target wasm32-wasip1 --release --lib
+	cargo build --target wasm32-wasip1 --release --lib --no-default-features
 
 build: wasm
 
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+	cargo clippy --target wasm32-wasip1 --lib --no-default-features -- -D warnings
 
 unit: setup
 	cargo test
@@ -30,6 +30,11 @@ integration: wasm rls-server
 	$(PYTEST) -q tests
 
 test: lint unit integration
+
+# The pluginConfig JSON Schema is generated from the Rust types; `make test` fails if the
+# committed copy is stale.
+schema:
+	cargo run --quiet --bin meshguard -- schema > istio/pluginconfig.schema.json
 
 run: wasm
 	scripts/run.sh

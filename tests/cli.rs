@@ -3,20 +3,14 @@
 use std::process::Command;
 
 fn validate(json: &str) -> (bool, String, String) {
-    let dir = std::env::temp_dir().join(format!("meshguard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("config-{}.json", json.len()));
-    std::fs::write(&file, json).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_meshguard"))
-        .arg("validate")
-        .arg(&file)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let (code, stdout, stderr) = validate_file(&format!("config-{}.json", json.len()), json);
+    (code == Some(0), stdout, stderr)
+}
+
+/// Writes `text` to a file called `name` and runs `meshguard validate` on it.
+fn validate_file(name: &str, text: &str) -> (Option<i32>, String, String) {
+    let file = write_temp(name, text);
+    meshguard(&["validate", &file.to_string_lossy()])
 }
 
 #[test]
@@ -52,4 +46,113 @@ fn no_file_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+}
+
+fn meshguard(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+const WASM_PLUGIN_YAML: &str = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: edge, namespace: web}
+spec:
+  url: oci://registry.example.com/meshguard:1
+  pluginConfig:
+    rate_limits:
+      per_ip:
+        key: client_ip
+        token_bucket: {max_tokens: 10, tokens_per_fill: 10, fill_interval: __FILL__}
+    rules:
+    - name: api
+      match: {prefix: /api/}
+      allow_unauthenticated: true
+      rate_limits: [per_ip]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: idp}
+spec: {hosts: [idp.example.com]}
+"#;
+
+#[test]
+fn a_wasmplugin_manifest_in_yaml_has_its_plugin_config_checked() {
+    let (code, stdout, stderr) =
+        validate_file("good.yaml", &WASM_PLUGIN_YAML.replace("__FILL__", "1s"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(
+            "WasmPlugin edge spec.pluginConfig: ok (0 providers, 1 rate limits, 1 rules)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ServiceEntry idp: not a WasmPlugin, not checked"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bad_plugin_config_in_a_wasmplugin_fails_with_the_filters_path_and_reason() {
+    let (code, _, stderr) =
+        validate_file("bad.yaml", &WASM_PLUGIN_YAML.replace("__FILL__", "1 sec"));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(r#"WasmPlugin edge spec.pluginConfig: configuration refused: rate_limits.per_ip.token_bucket.fill_interval: invalid duration "1 sec""#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bare_plugin_config_in_yaml_is_checked_like_json() {
+    let (code, _, stderr) = validate_file("bare.yaml", "rules:\n- name: health\n  match: {path: /healthz}\n  allow_unauthenticated: true\n  colour: blue\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("rules[0]"), "{stderr}");
+    assert!(stderr.contains("unknown field `colour`"), "{stderr}");
+}
+
+#[test]
+fn a_wasmplugin_without_plugin_config_is_refused_as_the_filter_refuses_it() {
+    let (code, _, stderr) = validate_file("empty.yaml", "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: bare}\nspec: {url: oci://r/m:1}\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("configuration refused: the configuration must be a JSON object"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn yaml_that_does_not_parse_is_reported_not_skipped() {
+    let (code, _, stderr) = validate_file("broken.yaml", "rules: [\n  - name: x\n");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("neither JSON nor YAML"), "{stderr}");
+}
+
+#[test]
+fn the_committed_schema_is_the_one_the_types_generate() {
+    let (code, stdout, _) = meshguard(&["schema"]);
+    assert_eq!(code, Some(0));
+    let committed = include_str!("../istio/pluginconfig.schema.json");
+    assert!(
+        stdout == committed,
+        "istio/pluginconfig.schema.json is stale: run `make schema`"
+    );
 }

@@ -1,45 +1,168 @@
-//! `meshguard validate FILE...`: checks pluginConfig JSON files the way the filter does, and
-//! prints the same path-and-reason errors, so a bad configuration fails in CI, not in Envoy.
+//! `meshguard`: the filter's configuration checks as a native command, for users' CI.
+//!
+//! - `meshguard validate FILE...` checks each file the way the filter's `on_configure` does and
+//!   prints the same path-and-reason errors. A file is JSON or YAML, and holds either a bare
+//!   pluginConfig or Kubernetes manifests: every Istio `WasmPlugin` in it has its
+//!   `spec.pluginConfig` checked (as Istio hands it to Envoy: the YAML turned into JSON); other
+//!   kinds (a `ServiceEntry` next to it, say) are listed as not checked.
+//! - `meshguard schema` prints the pluginConfig JSON Schema, derived from the same types.
 
 use std::process::ExitCode;
 
-fn usage() -> ExitCode {
-    eprintln!("usage: meshguard validate FILE...   (a pluginConfig JSON document per file)");
-    ExitCode::from(2)
-}
+use serde::Deserialize;
+use serde_json::Value;
+
+const USAGE: &str = "usage: meshguard validate FILE...   check pluginConfig files (JSON or YAML; a bare pluginConfig or WasmPlugin manifests)
+       meshguard schema            print the pluginConfig JSON Schema";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, files)) = args.split_first() else {
-        return usage();
-    };
-    if command != "validate" || files.is_empty() {
-        return usage();
+    match args.split_first() {
+        Some((command, files)) if command == "validate" && !files.is_empty() => validate(files),
+        Some((command, rest)) if command == "schema" && rest.is_empty() => print_schema(),
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
     }
+}
+
+fn print_schema() -> ExitCode {
+    let schema = meshguard::config::schema::plugin_config_schema();
+    match serde_json::to_string_pretty(&schema) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("meshguard: cannot render the schema: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(files: &[String]) -> ExitCode {
     let mut failed = false;
     for file in files {
-        match std::fs::read(file) {
-            Err(err) => {
-                eprintln!("{file}: cannot read: {err}");
-                failed = true;
-            }
-            Ok(bytes) => match meshguard::config::parse(&bytes) {
-                Ok(config) => println!(
-                    "{file}: ok ({} providers, {} rate limits, {} rules)",
-                    config.providers.len(),
-                    config.rate_limits.len(),
-                    config.rules.len()
-                ),
-                Err(err) => {
-                    eprintln!("{file}: configuration refused: {err}");
+        let outcomes = match std::fs::read(file) {
+            Ok(bytes) => check_file(&bytes),
+            Err(err) => vec![Outcome::Unreadable(format!("cannot read: {err}"))],
+        };
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Valid { label, summary } => println!("{file}{label}: ok ({summary})"),
+                Outcome::NotChecked { label } => {
+                    println!("{file}{label}: not a WasmPlugin, not checked")
+                }
+                Outcome::Refused { label, error } => {
+                    eprintln!("{file}{label}: configuration refused: {error}");
                     failed = true;
                 }
-            },
+                Outcome::Unreadable(reason) => {
+                    eprintln!("{file}: {reason}");
+                    failed = true;
+                }
+            }
         }
     }
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+enum Outcome {
+    Valid { label: String, summary: String },
+    Refused { label: String, error: String },
+    NotChecked { label: String },
+    Unreadable(String),
+}
+
+fn check_file(bytes: &[u8]) -> Vec<Outcome> {
+    // JSON first: a JSON pluginConfig is checked byte for byte as the filter reads it.
+    if let Ok(document) = serde_json::from_slice::<Value>(bytes) {
+        return match manifest_kind(&document) {
+            None => vec![check_config(String::new(), bytes)],
+            Some(kind) => vec![check_manifest(&document, kind)],
+        };
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return vec![Outcome::Unreadable("not UTF-8 text".into())];
+    };
+    let mut outcomes = Vec::new();
+    for (index, yaml) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let document = match Value::deserialize(yaml) {
+            Ok(Value::Null) => continue, // an empty document, as after a trailing `---`
+            Ok(document) => document,
+            Err(err) => {
+                outcomes.push(Outcome::Unreadable(format!(
+                    "document {}: neither JSON nor YAML: {err}",
+                    index + 1
+                )));
+                break; // the parser cannot resynchronise after a syntax error
+            }
+        };
+        outcomes.push(match manifest_kind(&document) {
+            Some(kind) => check_manifest(&document, kind),
+            None => match serde_json::to_vec(&document) {
+                Ok(json) => check_config(format!(" (document {})", index + 1), &json),
+                Err(err) => Outcome::Unreadable(format!("document {}: {err}", index + 1)),
+            },
+        });
+    }
+    if outcomes.is_empty() {
+        outcomes.push(Outcome::Unreadable("holds no document".into()));
+    }
+    outcomes
+}
+
+/// `Some(kind)` for a Kubernetes object (it has `apiVersion` and `kind`), `None` for a bare
+/// pluginConfig (which cannot have those members: unknown fields are refused).
+fn manifest_kind(document: &Value) -> Option<&str> {
+    let object = document.as_object()?;
+    object.get("apiVersion")?.as_str()?;
+    object.get("kind")?.as_str()
+}
+
+fn check_manifest(document: &Value, kind: &str) -> Outcome {
+    let name = document
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)");
+    let label = format!(" {kind} {name}");
+    let istio = document
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|api| api.starts_with("extensions.istio.io/"));
+    if kind != "WasmPlugin" || !istio {
+        return Outcome::NotChecked { label };
+    }
+    let label = format!("{label} spec.pluginConfig");
+    // Without pluginConfig Istio passes no configuration at all, which the filter refuses too.
+    let Some(config) = document.pointer("/spec/pluginConfig") else {
+        return check_config(label, b"");
+    };
+    match serde_json::to_vec(config) {
+        Ok(json) => check_config(label, &json),
+        Err(err) => Outcome::Unreadable(format!("{label}: {err}")),
+    }
+}
+
+fn check_config(label: String, json: &[u8]) -> Outcome {
+    match meshguard::config::parse(json) {
+        Ok(config) => Outcome::Valid {
+            label,
+            summary: format!(
+                "{} providers, {} rate limits, {} rules",
+                config.providers.len(),
+                config.rate_limits.len(),
+                config.rules.len()
+            ),
+        },
+        Err(err) => Outcome::Refused {
+            label,
+            error: err.to_string(),
+        },
     }
 }

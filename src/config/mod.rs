@@ -3,6 +3,8 @@
 
 mod duration;
 mod raw;
+#[cfg(feature = "cli")]
+pub mod schema;
 mod validate;
 
 use std::fmt;

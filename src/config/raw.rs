@@ -8,7 +8,9 @@ use serde::Deserialize;
 use super::duration::ConfigDuration;
 
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "Config"))]
 pub struct RawConfig {
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
@@ -17,13 +19,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::unmatched"))]
     pub unmatched: Option<String>,
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "Provider"))]
 pub struct RawProvider {
     pub issuer: String,
     #[serde(default)]
@@ -39,6 +44,8 @@ pub struct RawProvider {
     #[serde(default)]
     pub claim_to_headers: Vec<RawClaimToHeader>,
     pub clock_skew: Option<ConfigDuration>,
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::algorithms"))]
     pub algorithms: Option<Vec<String>>,
     /// As Envoy's `require_expiration`: refuse tokens without `exp`.
     #[serde(default)]
@@ -46,7 +53,9 @@ pub struct RawProvider {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "RemoteJwks"))]
 pub struct RawRemoteJwks {
     pub cluster: String,
     pub uri: String,
@@ -55,13 +64,17 @@ pub struct RawRemoteJwks {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "LocalJwks"))]
 pub struct RawLocalJwks {
     pub inline: String,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "HeaderLocation"))]
 pub struct RawHeaderLocation {
     pub name: String,
     #[serde(default)]
@@ -69,18 +82,26 @@ pub struct RawHeaderLocation {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "ClaimToHeader"))]
 pub struct RawClaimToHeader {
     pub claim_name: String,
     pub header_name: String,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "RateLimit"))]
 pub struct RawRateLimit {
-    /// One part (`"client_ip"`) or a list of parts; checked in `validate.rs` for a clear error.
+    // Parsed from a Value in `validate.rs`, for errors clearer than serde's.
+    /// The bucket key: one part (`"client_ip"`) or a list of parts.
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::key"))]
     pub key: serde_json::Value,
     pub token_bucket: Option<RawTokenBucket>,
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::mode"))]
     pub mode: Option<String>,
     pub max_delay: Option<ConfigDuration>,
     #[serde(default)]
@@ -92,7 +113,9 @@ pub struct RawRateLimit {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "TokenBucket"))]
 pub struct RawTokenBucket {
     pub max_tokens: u64,
     pub tokens_per_fill: u64,
@@ -100,7 +123,9 @@ pub struct RawTokenBucket {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "RateLimitService"))]
 pub struct RawRateLimitService {
     pub cluster: String,
     pub domain: String,
@@ -110,12 +135,17 @@ pub struct RawRateLimitService {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "Rule"))]
 pub struct RawRule {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: RawMatch,
-    /// `"corp"`, `{"any": [...]}` or `{"all": [...]}`; checked in `validate.rs` for a clear error.
+    // Parsed from a Value in `validate.rs`, for errors clearer than serde's.
+    /// The providers a request must satisfy: `"corp"`, `{"any": [...]}` or `{"all": [...]}`.
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::requires"))]
     pub requires: Option<serde_json::Value>,
     #[serde(default)]
     pub allow_missing: bool,
@@ -126,7 +156,9 @@ pub struct RawRule {
 }
 
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "Match"))]
 pub struct RawMatch {
     pub path: Option<String>,
     pub prefix: Option<String>,
@@ -136,9 +168,13 @@ pub struct RawMatch {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", schemars(rename = "AccessLog"))]
 pub struct RawAccessLog {
     pub enabled: Option<bool>,
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::sample_rate"))]
     pub sample_rate: Option<f64>,
     #[serde(default)]
     pub request_headers: Vec<String>,
