@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm rls-server unit lint integration test run bench clean schema oci-image
+.PHONY: all setup build wasm cli rls-server unit lint integration test run bench clean schema oci-image
 
 all: build
 
@@ -26,7 +26,10 @@ unit: setup
 rls-server: setup
 	cargo build --release --quiet --manifest-path tests/support/rls-server/Cargo.toml
 
-integration: wasm rls-server
+cli: setup
+	cargo build --quiet --bin meshguard
+
+integration: wasm rls-server cli
 	$(PYTEST) -q tests
 
 test: lint unit integration
