@@ -36,20 +36,56 @@ def static_cluster(name, port, http2=False):
     return cluster
 
 
-def meshguard_filter(plugin_config, wasm=WASM):
+def meshguard_wasm(plugin_config, wasm=WASM):
+    """The Wasm filter's typed config (envoy.extensions.filters.http.wasm.v3.Wasm)."""
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "meshguard",
-                "root_id": "meshguard",
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
-                "vm_config": {"vm_id": "meshguard", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
-            },
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": "meshguard",
+            "root_id": "meshguard",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+            "vm_config": {"vm_id": "meshguard", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
         },
     }
+
+
+def meshguard_filter(plugin_config, wasm=WASM):
+    return {"name": "envoy.filters.http.wasm", "typed_config": meshguard_wasm(plugin_config, wasm)}
+
+
+def meshguard_ecds_filter(resource_path):
+    """meshguard configured by extension config discovery (ECDS, as Istio delivers WasmPlugins)
+    from a file: Envoy applies each new version of the file that is moved into its place."""
+    return {
+        "name": "meshguard",
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {"path": str(resource_path), "watched_directory": {"path": str(Path(resource_path).parent)}},
+                "resource_api_version": "V3",
+            },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+        },
+    }
+
+
+def publish_ecds(resource_path, plugin_config):
+    """Writes the discovery response for `meshguard_ecds_filter`, atomically (write, then
+    rename), as an xDS server would deliver a new version in one piece."""
+    resource_path = Path(resource_path)
+    response = {
+        "version_info": str(time.time_ns()),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": "meshguard",
+                "typed_config": meshguard_wasm(plugin_config),
+            }
+        ],
+    }
+    staging = resource_path.with_name(f".{resource_path.name}.new")
+    staging.write_text(json.dumps(response))
+    os.replace(staging, resource_path)
 
 
 # meshguard's request counter carries its rule and decision in the stat name; these turn them
@@ -78,6 +114,8 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
         "http_filters": list(http_filters) + [router],
     }
     return {
+        # Dynamic config (ECDS) needs to know who is asking, as a sidecar would tell istiod.
+        "node": {"id": "meshguard-test", "cluster": "meshguard"},
         "stats_config": {"stats_tags": MESHGUARD_STATS_TAGS},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {

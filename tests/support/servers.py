@@ -34,7 +34,8 @@ class _Server:
 
 
 class Upstream(_Server):
-    """Answers every request with the path and headers it received, as JSON."""
+    """Answers every request with the path and headers it received, as JSON; a request with
+    `x-test-delay-ms` is held that long first (a request in flight)."""
 
     def __init__(self, port=None):
         class Echo(BaseHTTPRequestHandler):
@@ -44,6 +45,7 @@ class Upstream(_Server):
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
+                time.sleep(int(self.headers.get("x-test-delay-ms") or 0) / 1000)
                 headers = {}
                 for name, value in self.headers.items():
                     headers.setdefault(name.lower(), []).append(value)
