@@ -39,6 +39,11 @@ test: lint unit integration
 schema:
 	cargo run --quiet --bin meshguard -- schema > istio/pluginconfig.schema.json
 
+# make oci-image IMAGE=registry.example.com/platform/meshguard:0.1.0 [VARIANT=wasm]
+oci-image: wasm
+	@test -n "$(IMAGE)" || { echo "usage: make oci-image IMAGE=REGISTRY/REPOSITORY:TAG [VARIANT=compat|wasm]" >&2; exit 2; }
+	scripts/oci-image.sh --variant $(or $(VARIANT),compat) $(IMAGE)
+
 run: wasm
 	scripts/run.sh
 

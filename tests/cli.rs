@@ -156,3 +156,45 @@ fn the_committed_schema_is_the_one_the_types_generate() {
         "istio/pluginconfig.schema.json is stale: run `make schema`"
     );
 }
+
+#[test]
+fn a_kubectl_list_read_from_stdin_has_each_wasmplugin_checked() {
+    use std::io::Write;
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}",
+        WASM_PLUGIN_YAML
+            .split("---")
+            .next()
+            .unwrap()
+            .replace("__FILL__", "1 sec")
+            .trim()
+            .lines()
+            .map(|line| if line.starts_with("apiVersion") {
+                format!("- {line}")
+            } else {
+                format!("  {line}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args(["validate", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("<stdin> WasmPlugin edge spec.pluginConfig: configuration refused: rate_limits.per_ip.token_bucket.fill_interval"),
+        "{stderr}"
+    );
+}

@@ -4,15 +4,17 @@
 //!   prints the same path-and-reason errors. A file is JSON or YAML, and holds either a bare
 //!   pluginConfig or Kubernetes manifests: every Istio `WasmPlugin` in it has its
 //!   `spec.pluginConfig` checked (as Istio hands it to Envoy: the YAML turned into JSON); other
-//!   kinds (a `ServiceEntry` next to it, say) are listed as not checked.
+//!   kinds (a `ServiceEntry` next to it, say) are listed as not checked. A `List` (as
+//!   `kubectl get wasmplugins -o yaml` prints) has each item checked; `-` reads standard input.
 //! - `meshguard schema` prints the pluginConfig JSON Schema, derived from the same types.
 
+use std::io::Read;
 use std::process::ExitCode;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-const USAGE: &str = "usage: meshguard validate FILE...   check pluginConfig files (JSON or YAML; a bare pluginConfig or WasmPlugin manifests)
+const USAGE: &str = "usage: meshguard validate FILE...   check pluginConfig files (JSON or YAML; a bare pluginConfig or WasmPlugin manifests; - for stdin)
        meshguard schema            print the pluginConfig JSON Schema";
 
 fn main() -> ExitCode {
@@ -44,10 +46,18 @@ fn print_schema() -> ExitCode {
 fn validate(files: &[String]) -> ExitCode {
     let mut failed = false;
     for file in files {
-        let outcomes = match std::fs::read(file) {
+        let stdin = file == "-";
+        let read = if stdin {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+        } else {
+            std::fs::read(file)
+        };
+        let outcomes = match read {
             Ok(bytes) => check_file(&bytes),
             Err(err) => vec![Outcome::Unreadable(format!("cannot read: {err}"))],
         };
+        let file = if stdin { "<stdin>" } else { file.as_str() };
         for outcome in outcomes {
             match outcome {
                 Outcome::Valid { label, summary } => println!("{file}{label}: ok ({summary})"),
@@ -84,7 +94,7 @@ fn check_file(bytes: &[u8]) -> Vec<Outcome> {
     if let Ok(document) = serde_json::from_slice::<Value>(bytes) {
         return match manifest_kind(&document) {
             None => vec![check_config(String::new(), bytes)],
-            Some(kind) => vec![check_manifest(&document, kind)],
+            Some(kind) => check_manifests(&document, kind),
         };
     }
     let Ok(text) = std::str::from_utf8(bytes) else {
@@ -103,13 +113,13 @@ fn check_file(bytes: &[u8]) -> Vec<Outcome> {
                 break; // the parser cannot resynchronise after a syntax error
             }
         };
-        outcomes.push(match manifest_kind(&document) {
-            Some(kind) => check_manifest(&document, kind),
-            None => match serde_json::to_vec(&document) {
+        match manifest_kind(&document) {
+            Some(kind) => outcomes.extend(check_manifests(&document, kind)),
+            None => outcomes.push(match serde_json::to_vec(&document) {
                 Ok(json) => check_config(format!(" (document {})", index + 1), &json),
                 Err(err) => Outcome::Unreadable(format!("document {}: {err}", index + 1)),
-            },
-        });
+            }),
+        }
     }
     if outcomes.is_empty() {
         outcomes.push(Outcome::Unreadable("holds no document".into()));
@@ -123,6 +133,20 @@ fn manifest_kind(document: &Value) -> Option<&str> {
     let object = document.as_object()?;
     object.get("apiVersion")?.as_str()?;
     object.get("kind")?.as_str()
+}
+
+/// A manifest, or each item of a `List` (what `kubectl get wasmplugins -o yaml` prints).
+fn check_manifests(document: &Value, kind: &str) -> Vec<Outcome> {
+    match document.get("items").and_then(Value::as_array) {
+        Some(items) if kind.ends_with("List") => items
+            .iter()
+            .map(|item| match manifest_kind(item) {
+                Some(kind) => check_manifest(item, kind),
+                None => Outcome::Unreadable(format!("a {kind} item is not a Kubernetes object")),
+            })
+            .collect(),
+        _ => vec![check_manifest(document, kind)],
+    }
 }
 
 fn check_manifest(document: &Value, kind: &str) -> Outcome {
