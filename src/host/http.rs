@@ -8,9 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::facts::{gather_exchange, gather_request};
+use super::facts::{finish_exchange, gather_request};
 use super::jwks;
-use super::metrics::requests_metric;
 use super::state::{now_ms, Delayed, GlobalWait, VmState, Waiter, WAITING_TICK};
 use crate::accesslog;
 use crate::auth::error::AuthError;
@@ -102,8 +101,9 @@ fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) ->
         } else {
             verdict.decision
         };
-        let name = requests_metric(verdict.rule.as_deref(), counted);
-        state.metrics.increment(&name);
+        state
+            .metrics
+            .count_request(verdict.rule.as_deref(), counted);
         if let Decision::Delay { wait_ms, .. } = &decision {
             state.metrics.record("meshguard_delay_wait_ms", *wait_ms);
         }
@@ -246,8 +246,7 @@ pub fn on_grpc_response(
 }
 
 /// Decides for a new request; pauses it (as a waiter) when keys must be fetched first.
-fn decide_new(state: &mut VmState, context_id: u32, request: Request) -> StreamAction {
-    let now = now_ms();
+fn decide_new(state: &mut VmState, context_id: u32, request: Request, now: u64) -> StreamAction {
     let mut decision = state.decide(&request, now);
     if let Decision::AwaitKeys(needs) = &decision {
         // Another worker may have fetched them already.
@@ -386,6 +385,8 @@ pub struct MeshguardHttp {
     pub context_id: u32,
     pub state: Rc<RefCell<VmState>>,
     pub start_ms: u64,
+    /// The request's side of the access-log record, read with the request (log on only).
+    pub exchange: Option<accesslog::Exchange>,
     /// Whether the decision is already in Envoy's filter state.
     pub exported: bool,
 }
@@ -414,14 +415,16 @@ impl Context for MeshguardHttp {
 
 impl HttpContext for MeshguardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let reads = match self.state.try_borrow() {
+        let config = match self.state.try_borrow() {
             Ok(st) => st.config.clone(),
             Err(_) => return carry_out(&StreamAction::Reply(reply::internal_error()), false),
         };
+        // One clock read per request: the decision's "now" is the record's start.
         self.start_ms = now_ms();
-        let request = gather_request(&reads.reads);
+        let (request, exchange) = gather_request(&config, self.start_ms);
+        self.exchange = exchange;
         let action = match self.state.try_borrow_mut() {
-            Ok(mut st) => decide_new(&mut st, self.context_id, request),
+            Ok(mut st) => decide_new(&mut st, self.context_id, request, self.start_ms),
             Err(_) => StreamAction::Reply(reply::internal_error()),
         };
         self.export_verdict();
@@ -443,10 +446,10 @@ impl HttpContext for MeshguardHttp {
         let Some(verdict) = verdict else {
             return; // the stream ended before a decision (client gone while waiting)
         };
-        if !config.access_log.enabled {
-            return;
-        }
-        let exchange = gather_exchange(self.start_ms, &config.access_log.request_headers);
+        let Some(mut exchange) = self.exchange.take() else {
+            return; // the access log is off
+        };
+        finish_exchange(&mut exchange, &config);
         let sample_key = exchange
             .request_id
             .clone()

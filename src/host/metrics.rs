@@ -10,6 +10,9 @@ use proxy_wasm::types::MetricType;
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
+    /// `meshguard_requests_total` ids by rule name ("" for none) and decision, so counting a
+    /// request builds no metric name.
+    request_ids: HashMap<String, Vec<(&'static str, u32)>>,
     /// Counter increments not yet handed to Envoy, by metric id.
     pending: HashMap<u32, u64>,
 }
@@ -41,6 +44,32 @@ impl Metrics {
         }
     }
 
+    /// Counts one request under `meshguard_requests_total{rule, decision}`.
+    pub fn count_request(&mut self, rule: Option<&str>, decision: &'static str) {
+        let key = rule.unwrap_or("");
+        let known = self
+            .request_ids
+            .get(key)
+            .and_then(|ids| ids.iter().find(|(d, _)| *d == decision))
+            .map(|(_, id)| *id);
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.id(MetricType::Counter, &requests_metric(rule, decision))
+                else {
+                    return;
+                };
+                self.request_ids
+                    .entry_ref(key)
+                    .or_default()
+                    .push((decision, id));
+                id
+            }
+        };
+        let slot = self.pending.entry(id).or_insert(0);
+        *slot = slot.saturating_add(1);
+    }
+
     pub fn increment(&mut self, name: &str) {
         self.add(name, 1);
     }
@@ -54,7 +83,7 @@ impl Metrics {
 
 /// `meshguard_requests_total` for one rule and decision. Rule names become part of the stat
 /// name, with characters Prometheus does not allow replaced by `_`.
-pub fn requests_metric(rule: Option<&str>, decision: &str) -> String {
+fn requests_metric(rule: Option<&str>, decision: &str) -> String {
     let rule: String = rule
         .unwrap_or("none")
         .chars()

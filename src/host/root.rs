@@ -105,6 +105,7 @@ impl RootContext for MeshguardRoot {
                 context_id,
                 state: state.clone(),
                 start_ms: 0,
+                exchange: None,
                 exported: false,
             })),
             None => Some(Box::new(Unconfigured)),
