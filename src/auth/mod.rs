@@ -16,8 +16,9 @@ pub mod remote;
 pub mod verify;
 pub mod verify_signature_codec;
 
-#[cfg(test)]
-pub(crate) mod testkeys;
+#[cfg(any(test, feature = "testkeys"))]
+#[doc(hidden)]
+pub mod testkeys;
 
 use std::rc::Rc;
 

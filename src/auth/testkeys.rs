@@ -1,4 +1,6 @@
-//! Keys and tokens for unit tests. (Integration tests sign with an independent JOSE library.)
+//! Keys and tokens for unit tests and the micro-benchmarks (feature `testkeys`). (Integration
+//! tests sign with an independent JOSE library.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::OnceLock;
 

