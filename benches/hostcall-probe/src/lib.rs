@@ -20,6 +20,10 @@ enum Call {
     SharedCas,
     SetHeader,
     Log,
+    /// meshguard's auth path call by call: read :path and the token, remove it, set the claim.
+    AuthCalls,
+    /// The same with the whole header map read once and written back once.
+    AuthMap,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -48,6 +52,8 @@ impl RootContext for Probe {
             "shared_cas" => Call::SharedCas,
             "set_header" => Call::SetHeader,
             "log" => Call::Log,
+            "auth_calls" => Call::AuthCalls,
+            "auth_map" => Call::AuthMap,
             _ => Call::Nothing,
         };
         self.repeat = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -80,6 +86,19 @@ impl HttpContext for Probe {
                     }
                 }
                 Call::SetHeader => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-probe", Some("alice"))),
+                Call::AuthCalls => {
+                    drop(black_box(hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")));
+                    drop(black_box(hostcalls::get_map_value(MapType::HttpRequestHeaders, "authorization")));
+                    drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None));
+                    drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-user", Some("alice")));
+                }
+                Call::AuthMap => {
+                    let mut headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+                    headers.retain(|(name, _)| name != "authorization" && name != "x-user");
+                    headers.push(("x-user".to_string(), "alice".to_string()));
+                    let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    drop(hostcalls::set_map(MapType::HttpRequestHeaders, pairs));
+                }
                 _ => {}
             }
         }
