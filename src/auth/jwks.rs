@@ -233,7 +233,10 @@ fn parse_rsa(entry: &Value) -> Result<KeyMaterial, String> {
     let e_raw = required_bytes(entry, "e")?;
     let n = strip_leading_zeros(&n_raw).to_vec();
     let e = strip_leading_zeros(&e_raw).to_vec();
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // `n` has no leading zero byte, so its first byte has at most 7 leading zero bits.
+    let bits = n
+        .first()
+        .map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
     // RFC 7518 §3.3 floor, and the range jwt-simple's portable path verifies.
     if !(2048..=4096).contains(&bits) {
         return Err(format!(
@@ -335,6 +338,18 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("key 4: not a JSON object"), "{text}");
+    }
+
+    #[test]
+    fn an_rsa_key_with_an_empty_or_all_zero_modulus_is_skipped_not_a_panic() {
+        // Found by fuzzing (fuzz target `jwks`): the bit count underflowed for an empty `n`.
+        for n in ["", "AAAA"] {
+            let jwks = format!(r#"{{"keys":[{{"kty":"RSA","kid":"r","n":"{n}","e":"AQAB"}}]}}"#);
+            let text = parse_jwks(jwks.as_bytes(), SymmetricKeys::Allowed)
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("RSA modulus is 0 bits"), "{text}");
+        }
     }
 
     #[test]
