@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm cli rls-server unit lint integration test run bench clean schema oci-image
+.PHONY: all setup build wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench clean schema oci-image
 
 all: build
 
@@ -32,7 +32,16 @@ cli: setup
 integration: wasm rls-server cli
 	$(PYTEST) -q tests
 
-test: lint unit integration
+# Every parser that sees outside input, under libFuzzer (cargo fuzz, nightly toolchain).
+# `make fuzz` runs each target FUZZ_SECONDS (default 300) and grows fuzz/corpus/; `make test`
+# runs each for 10 s on a copy of the corpus.
+fuzz: setup
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),300)
+
+fuzz-smoke: setup
+	scripts/fuzz.sh 10 --smoke
+
+test: lint unit integration fuzz-smoke
 
 # The pluginConfig JSON Schema is generated from the Rust types; `make test` fails if the
 # committed copy is stale.
