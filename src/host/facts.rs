@@ -31,19 +31,34 @@ fn source_address() -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Where request headers come from: one call each, or the whole map in one call (when the access
-/// log needs several more). Both give what `get_map_value` gives: Envoy's first entry for a name
-/// (it has already joined repeated inline headers such as `authorization`).
+/// Where request headers come from: one call each, or the whole map in one call. The map is read
+/// whenever a configured header matters (a token, a key, a match): it is one call instead of
+/// several, and only it shows every value of a repeated header. Envoy joins a repeated
+/// `Authorization` itself, but hands a filter asking by name only the first of other repeated
+/// headers; two different tokens must be refused, never one of them picked.
 enum Headers {
     EachByName,
     Map(Vec<(String, String)>),
 }
 
 impl Headers {
+    /// The first value, as `get_map_value` gives it.
     fn get(&self, name: &str) -> Option<String> {
         match self {
             Headers::EachByName => request_header(name),
             Headers::Map(map) => map.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
+        }
+    }
+
+    /// Every value of a header, in the order the client sent them.
+    fn all(&self, name: &str) -> Vec<String> {
+        match self {
+            Headers::EachByName => request_header(name).into_iter().collect(),
+            Headers::Map(map) => map
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .collect(),
         }
     }
 }
@@ -53,7 +68,7 @@ impl Headers {
 pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<accesslog::Exchange>) {
     let reads: &RequestReads = &config.reads;
     let logging = config.access_log.enabled;
-    let headers = if logging {
+    let headers = if logging || !reads.headers.is_empty() {
         Headers::Map(hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default())
     } else {
         Headers::EachByName
@@ -105,7 +120,12 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
         headers: reads
             .headers
             .iter()
-            .filter_map(|name| headers.get(name).map(|value| (name.clone(), value)))
+            .flat_map(|name| {
+                headers
+                    .all(name)
+                    .into_iter()
+                    .map(move |value| (name.clone(), value))
+            })
             .collect(),
     };
     (request, exchange)
