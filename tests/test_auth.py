@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from support.envoy import Envoy
-from support.jose import ASYMMETRIC, AUDIENCE, ISSUER, SYMMETRIC, Signer, jwks
+from support.jose import ASYMMETRIC, AUDIENCE, ISSUER, SYMMETRIC, Signer, b64url, jwks
 
 PARTNER_ISSUER = "https://partner.meshguard.test"
 LEGACY_ISSUER = "https://legacy.meshguard.test"
@@ -128,18 +128,16 @@ def tamper(token):
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["sub"] = "admin"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    forged = b64url(json.dumps(claims).encode())
     return f"{header}.{forged}.{signature}"
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def unsigned_token():
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now + 600}
-    return f"{b64(json.dumps({'alg': 'none'}).encode())}.{b64(json.dumps(claims).encode())}."
+    return f"{b64url(json.dumps({'alg': 'none'}).encode())}.{b64url(json.dumps(claims).encode())}."
 
 
 def embedded_jwk_attack(victim):
@@ -152,10 +150,10 @@ def rsa_hmac_confusion(rsa_signer):
     """HS256 keyed with the RSA public key: the classic algorithm-confusion forgery."""
     public_pem = rsa_signer.private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     now = int(time.time())
-    header = b64(json.dumps({"alg": "HS256", "kid": rsa_signer.kid}).encode())
-    payload = b64(json.dumps({"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "exp": now + 600}).encode())
+    header = b64url(json.dumps({"alg": "HS256", "kid": rsa_signer.kid}).encode())
+    payload = b64url(json.dumps({"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "exp": now + 600}).encode())
     mac = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    return f"{header}.{payload}.{b64(mac)}"
+    return f"{header}.{payload}.{b64url(mac)}"
 
 
 @pytest.mark.parametrize("case", REFUSALS)

@@ -4,7 +4,6 @@ huge numbers, deep nesting, bytes that are not UTF-8), key ids carrying path or 
 metacharacters, and path tricks around rule prefixes. meshguard answers per the behaviour table,
 never lets an ambiguous request through, and its VM never fails."""
 
-import base64
 import hashlib
 import hmac
 import http.client
@@ -14,21 +13,19 @@ import time
 import pytest
 
 from support.envoy import Envoy
-from support.jose import AUDIENCE, ISSUER, Signer, jwks
+from support.jose import AUDIENCE, ISSUER, Signer, b64url, jwks
 
 SECRET = b"hostile-requests-hmac-secret-0123456789"
 KID = "hs"
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def hs256(header_json, payload_json):
     """A token over exactly these header and payload bytes, with a valid HS256 signature."""
-    signing_input = f"{b64(header_json)}.{b64(payload_json)}"
+    signing_input = f"{b64url(header_json)}.{b64url(payload_json)}"
     signature = hmac.new(SECRET, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def claims(**extra):
@@ -48,7 +45,7 @@ def es256():
 
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory, upstream, es256):
-    oct_key = {"kty": "oct", "kid": KID, "alg": "HS256", "k": b64(SECRET)}
+    oct_key = {"kty": "oct", "kid": KID, "alg": "HS256", "k": b64url(SECRET)}
     keys = json.loads(jwks(es256))
     keys["keys"].append(oct_key)
     config = {

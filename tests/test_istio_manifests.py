@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 import pytest
+import yaml
 
 from support.crd import Crd
 from support.manifests import CRD, PLUGIN_CONFIG_SCHEMA, documents, manifest_files, validate, wasm_plugins
@@ -98,8 +99,6 @@ def test_every_plugin_config_passes_meshguard_validate():
 
 
 def test_a_manifest_meshguard_would_refuse_fails_the_check(tmp_path):
-    import yaml
-
     plugin = auth_plugin()
     plugin["spec"]["pluginConfig"]["rules"][1]["requires"] = "partner"
     path = tmp_path / "auth.yaml"

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from support.envoy import Envoy, meshguard_ecds_filter, publish_ecds
+from support.envoy import Envoy, meshguard_ecds_filter, publish_ecds, wait_for
 
 ECDS_STATS = "extension_config_discovery.http_filter.meshguard"
 
@@ -41,15 +41,6 @@ def ecds_envoy(tmp_path, upstream):
     with envoy:
         envoy.resource = resource
         yield envoy
-
-
-def wait_for(predicate, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_new_plugin_config_applies_without_restart(ecds_envoy):

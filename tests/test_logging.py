@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from support.envoy import Envoy
+from support.envoy import Envoy, wait_for
 from support.jose import ISSUER, Signer, jwks
 
 SECRET_QUERY = "s3cr3t-query-value"
@@ -59,15 +59,6 @@ def start(tmp_path, upstream, config):
     return envoy.start()
 
 
-def wait_for(predicate, timeout=5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_one_record_per_request_with_decisions(tmp_path, upstream, signer):
     config = plugin_config(signer, {"enabled": True, "sample_rate": 1.0, "request_headers": ["user-agent", "authorization", "cookie"]})
     envoy = start(tmp_path, upstream, config)
@@ -81,7 +72,7 @@ def test_one_record_per_request_with_decisions(tmp_path, upstream, signer):
             envoy.get("/api/orders", {"authorization": f"Bearer {token}", "x-request-id": "req-limited"}),
         ]
         assert [r.status_code for r in sent] == [200, 401, 403, 200, 429]
-        assert wait_for(lambda: len(envoy.meshguard_records()) >= 5)
+        assert wait_for(lambda: len(envoy.meshguard_records()) >= 5, timeout=5)
         records = {r["request_id"]: r for r in envoy.meshguard_records()}
         allowed = records["req-allowed"]
         assert allowed["method"] == "GET" and allowed["path"] == "/api/orders" and allowed["status"] == 200
@@ -98,7 +89,7 @@ def test_one_record_per_request_with_decisions(tmp_path, upstream, signer):
         assert limited["decision"] == "rate_limited" and limited["status"] == 429
         assert limited["rate_limits"][0]["decision"] == "limited"
         # Envoy's own access log carries the same decision from the filter state.
-        assert wait_for(lambda: (tmp_path / "access.log").exists() and len((tmp_path / "access.log").read_text().splitlines()) >= 5)
+        assert wait_for(lambda: (tmp_path / "access.log").exists() and len((tmp_path / "access.log").read_text().splitlines()) >= 5, timeout=5)
         native = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
         decisions = sorted(json.loads(entry["meshguard"])["decision"] for entry in native)
         assert decisions == ["allowed", "allowed", "forbidden", "rate_limited", "unauthenticated"]
@@ -116,7 +107,7 @@ def test_secrets_never_reach_any_log_line(tmp_path, upstream, signer):
         envoy.get("/api/orders", {"authorization": f"Bearer {bad}"})
         envoy.get("/api/orders", {"cookie": f"session={bad}; other={SECRET_COOKIE}"})
         envoy.get("/api/orders", {"authorization": "Bearer not-a-token-at-all"})
-        assert wait_for(lambda: len(envoy.meshguard_records()) >= 4)
+        assert wait_for(lambda: len(envoy.meshguard_records()) >= 4, timeout=5)
         text = envoy.log() + (tmp_path / "access.log").read_text()
         for secret in [good, bad, good.split(".")[1], good.split(".")[2], SECRET_QUERY, SECRET_COOKIE, "c2VjcmV0", "not-a-token-at-all"]:
             assert secret not in text, f"a secret reached the log: {secret[:12]}..."
@@ -130,7 +121,7 @@ def test_sampling_keeps_every_denial(tmp_path, upstream, signer):
         for _ in range(5):
             assert envoy.get("/healthz").status_code == 200
         assert envoy.get("/api/orders").status_code == 401
-        assert wait_for(lambda: len(envoy.meshguard_records()) >= 5)
+        assert wait_for(lambda: len(envoy.meshguard_records()) >= 5, timeout=5)
         time.sleep(0.3)
         records = envoy.meshguard_records()
         # The first /healthz was plainly allowed: sampled out. The other four were allowed but

@@ -32,9 +32,14 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Counter, name) {
-            let slot = self.pending.entry(id).or_insert(0);
-            *slot = slot.saturating_add(count);
+            self.add_to(id, count);
         }
+    }
+
+    /// Sums an increment for the next flush.
+    fn add_to(&mut self, id: u32, count: u64) {
+        let slot = self.pending.entry(id).or_insert(0);
+        *slot = slot.saturating_add(count);
     }
 
     /// Hands the summed increments to Envoy.
@@ -66,8 +71,7 @@ impl Metrics {
                 id
             }
         };
-        let slot = self.pending.entry(id).or_insert(0);
-        *slot = slot.saturating_add(1);
+        self.add_to(id, 1);
     }
 
     pub fn increment(&mut self, name: &str) {

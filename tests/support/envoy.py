@@ -16,6 +16,16 @@ ENVOY_BIN = Path(os.environ.get("MESHGUARD_ENVOY", REPO / ".venv" / "bin" / "env
 WASM = Path(os.environ.get("MESHGUARD_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshguard.wasm"))
 
 
+def wait_for(predicate, timeout=10, interval=0.05):
+    """Polls `predicate` until it holds or `timeout` seconds pass; returns whether it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 def static_cluster(name, port, http2=False):
     cluster = {
         "name": name,

@@ -1,6 +1,7 @@
 """Keys and tokens made at test time with PyJWT + cryptography (not jwt-simple, which the
 filter uses), so the filter is checked against an independent JOSE implementation."""
 
+import base64
 import json
 import os
 import time
@@ -51,6 +52,11 @@ class Signer:
         all_headers.update(headers or {})
         all_headers = {k: v for k, v in all_headers.items() if v is not None}
         return jwt.encode(payload, self.private, algorithm=self.alg, headers=all_headers)
+
+
+def b64url(data):
+    """base64url without padding, as JOSE writes it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def default_claims():
