@@ -11,7 +11,7 @@ from support.envoy import REPO
 
 def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--rounds", "1", "--seconds", "1", "--tokens", "20",
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--rounds", "1", "--seconds", "1", "--warm-up", "1", "--tokens", "20",
          "--only", "log off", "--no-footprint", "--no-probes", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
