@@ -46,8 +46,9 @@ def static_cluster(name, port, http2=False):
     return cluster
 
 
-def meshguard_wasm(plugin_config, wasm=WASM):
-    """The Wasm filter's typed config (envoy.extensions.filters.http.wasm.v3.Wasm)."""
+def meshguard_wasm(plugin_config, wasm=WASM, plugin_options=None):
+    """The Wasm filter's typed config (envoy.extensions.filters.http.wasm.v3.Wasm);
+    `plugin_options` adds PluginConfig fields (failure_policy, reload_config)."""
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -56,12 +57,13 @@ def meshguard_wasm(plugin_config, wasm=WASM):
             "root_id": "meshguard",
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
             "vm_config": {"vm_id": "meshguard", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
+            **(plugin_options or {}),
         },
     }
 
 
-def meshguard_filter(plugin_config, wasm=WASM):
-    return {"name": "envoy.filters.http.wasm", "typed_config": meshguard_wasm(plugin_config, wasm)}
+def meshguard_filter(plugin_config, wasm=WASM, plugin_options=None):
+    return {"name": "envoy.filters.http.wasm", "typed_config": meshguard_wasm(plugin_config, wasm, plugin_options)}
 
 
 def meshguard_ecds_filter(resource_path):
@@ -175,6 +177,8 @@ class Envoy:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout=30):
+        if self.process is not None and self.process.poll() is None:
+            return self  # already running (`with Envoy(...).start() as envoy` starts once)
         self._spawn()
         deadline = time.time() + timeout
         while time.time() < deadline:

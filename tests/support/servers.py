@@ -40,6 +40,9 @@ class Upstream(_Server):
     def __init__(self, port=None):
         class Echo(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without TCP_NODELAY the body waits for
+            # Envoy's delayed ACK (40 ms a response on a keep-alive connection).
+            disable_nagle_algorithm = True
 
             def _echo(self):
                 length = int(self.headers.get("content-length") or 0)
@@ -66,20 +69,30 @@ class Upstream(_Server):
 
 class Idp(_Server):
     """Serves `jwks` at any path. `mode`: healthy, slow (sleeps `delay` s), garbage (HTML),
-    error (500), empty (no usable keys). `fetches` counts requests."""
+    error (500), empty (no usable keys), huge (a 10 MB document), body (serves `body` as
+    application/json). `fetches` counts requests."""
 
     def __init__(self, jwks, port=None):
         self.jwks = jwks
         self.mode = "healthy"
         self.delay = 0.0
+        self.body = b""
         self.fetches = 0
         self._lock = threading.Lock()
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without TCP_NODELAY the body waits for
+            # Envoy's delayed ACK (40 ms a response on a keep-alive connection).
+            disable_nagle_algorithm = True
 
             def do_GET(self):
+                if idp._httpd is None:
+                    # Stopped: a keep-alive connection Envoy still holds must not be served
+                    # by its leftover handler thread. Close it unanswered, as a dead IdP would.
+                    self.close_connection = True
+                    return
                 with idp._lock:
                     idp.fetches += 1
                 mode = idp.mode
@@ -92,6 +105,11 @@ class Idp(_Server):
                     status, body = 500, b'{"error":"boom"}'
                 elif mode == "empty":
                     body = b'{"keys":[]}'
+                elif mode == "huge":
+                    # Valid JSON with the real keys, padded to 10 MB.
+                    body = b'{"padding":"' + b"x" * (10 * 2**20) + b'",' + idp.jwks.encode()[1:]
+                elif mode == "body":
+                    body = idp.body
                 try:
                     self.send_response(status)
                     self.send_header("content-type", ctype)
