@@ -153,12 +153,22 @@ pub struct RemoteKeys {
     pub lease: FetchLease,
 }
 
+/// What taking a fetched document did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// The keys differ from those held before.
+    pub changed: bool,
+    /// Why keys in the document were left out (wrong types, unsupported curves...), for the
+    /// operator's log: a set with one good key is used, the rest must not vanish silently.
+    pub skipped: Vec<String>,
+}
+
 impl RemoteKeys {
     /// Takes a fetched document if it is newer than what this VM holds. A document with no
     /// usable key is refused and the last good keys stay.
-    pub fn adopt(&mut self, fetched_at_ms: u64, body: &[u8]) -> Result<bool, JwksError> {
+    pub fn adopt(&mut self, fetched_at_ms: u64, body: &[u8]) -> Result<Adoption, JwksError> {
         if self.keys.is_some() && fetched_at_ms <= self.fetched_at_ms {
-            return Ok(false);
+            return Ok(Adoption::default());
         }
         let parsed = parse_jwks(body, SymmetricKeys::Refused)?;
         let changed = self.keys.as_ref() != Some(&parsed.keys);
@@ -167,7 +177,10 @@ impl RemoteKeys {
         if changed {
             self.generation = self.generation.wrapping_add(1);
         }
-        Ok(changed)
+        Ok(Adoption {
+            changed,
+            skipped: parsed.skipped,
+        })
     }
 
     pub fn is_stale(&self, now_ms: u64, cache_duration_ms: u64) -> bool {
@@ -350,7 +363,10 @@ mod tests {
     fn garbage_keeps_the_last_good_keys() {
         let mut remote = RemoteKeys::default();
         let good = testkeys::jwks_json(&[testkeys::ec_jwk("k1")]);
-        assert_eq!(remote.adopt(1, good.as_bytes()), Ok(true));
+        assert_eq!(
+            remote.adopt(1, good.as_bytes()).map(|a| a.changed),
+            Ok(true)
+        );
         let generation = remote.generation;
         assert!(remote.adopt(2, b"<html>down</html>").is_err());
         assert!(remote.keys.as_ref().unwrap().has_kid("k1"));
@@ -364,13 +380,38 @@ mod tests {
         let good = testkeys::jwks_json(&[testkeys::ec_jwk("k1")]);
         remote.adopt(5, good.as_bytes()).unwrap();
         let generation = remote.generation;
-        assert_eq!(remote.adopt(6, good.as_bytes()), Ok(false));
+        assert_eq!(
+            remote.adopt(6, good.as_bytes()).map(|a| a.changed),
+            Ok(false)
+        );
         assert_eq!(remote.generation, generation);
         assert_eq!(remote.fetched_at_ms, 6);
         let rotated = testkeys::jwks_json(&[testkeys::ec_jwk("k2")]);
-        assert_eq!(remote.adopt(4, rotated.as_bytes()), Ok(false));
-        assert_eq!(remote.adopt(7, rotated.as_bytes()), Ok(true));
+        assert_eq!(
+            remote.adopt(4, rotated.as_bytes()).map(|a| a.changed),
+            Ok(false)
+        );
+        assert_eq!(
+            remote.adopt(7, rotated.as_bytes()).map(|a| a.changed),
+            Ok(true)
+        );
         assert_ne!(remote.generation, generation);
+    }
+
+    #[test]
+    fn keys_left_out_of_an_adopted_set_are_reported() {
+        let mut remote = RemoteKeys::default();
+        let body = format!(
+            r#"{{"keys":[{},{{"kty":"EC","crv":"P-256","kid":7,"x":1,"y":[]}}]}}"#,
+            testkeys::ec_jwk("k1")
+        );
+        let adoption = remote.adopt(1, body.as_bytes()).unwrap();
+        assert!(adoption.changed);
+        assert_eq!(
+            adoption.skipped,
+            vec![r#"key 1: "kid" is not a string"#.to_owned()]
+        );
+        assert!(remote.keys.as_ref().unwrap().has_kid("k1"));
     }
 
     #[test]

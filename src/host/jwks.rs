@@ -54,7 +54,7 @@ pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
     if let Some((fetched_at_ms, body)) = record.as_deref().and_then(decode_record) {
         let had_keys = view.keys.is_some();
         match view.adopt(fetched_at_ms, body) {
-            Ok(keys_changed) => changed |= keys_changed || !had_keys,
+            Ok(adoption) => changed |= adoption.changed || !had_keys,
             Err(err) => warn!("provider {name}: shared JWKS unusable: {err}"),
         }
     }
@@ -157,7 +157,13 @@ pub fn finish_fetch(
                 .remote_mut(provider)
                 .map(|view| view.adopt(now_ms, &body))
             {
-                Some(Ok(_)) => {
+                Some(Ok(adoption)) => {
+                    for reason in &adoption.skipped {
+                        warn!(
+                            "provider {name}: JWKS from {}: {reason}; key left out",
+                            remote.uri
+                        );
+                    }
                     let record = encode_record(now_ms, &body);
                     if let Err(status) =
                         hostcalls::set_shared_data(&record_key(&name, &remote), Some(&record), None)
