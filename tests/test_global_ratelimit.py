@@ -1,15 +1,14 @@
 """Global limits through an Envoy rate-limit service (RLS v3 over gRPC), tested with a real RLS
 server counting in a real Redis, shared by two Envoy instances (two replicas), and with the
-service stopped or hanging."""
+service stopped, hanging, answering garbage, or named by a cluster that does not exist."""
 
 import os
 import time
 
 import pytest
-import requests
 
-from support.envoy import Envoy
-from support.rls import RLS_BIN, Silent, redis_server, rls_server
+from support.envoy import Envoy, wait_for
+from support.rls import RLS_BIN, Hostile, Silent, redis_server, rls_server
 from support.servers import free_port
 
 LIMIT = 10
@@ -95,8 +94,32 @@ def test_a_hanging_service_is_decided_within_its_timeout(tmp_path, upstream, fai
         silent.stop()
 
 
-def test_a_cluster_that_does_not_exist_follows_failure_mode(tmp_path, upstream):
-    config = plugin_config(failure_mode_deny=True)
+@pytest.mark.parametrize("failure_mode_deny,expected", [(False, 200), (True, 503)])
+def test_a_cluster_that_does_not_exist_follows_failure_mode(tmp_path, upstream, failure_mode_deny, expected):
+    config = plugin_config(failure_mode_deny=failure_mode_deny)
     config["rate_limits"]["global"]["service"]["cluster"] = "no-such-cluster"
     with Envoy(config, {"upstream": upstream.port}, tmp_path / "missing") as envoy:
-        assert envoy.get("/orders", {"x-api-key": "k"}).status_code == 503
+        started = time.monotonic()
+        assert envoy.get("/orders", {"x-api-key": "k"}).status_code == expected
+        assert time.monotonic() - started < 1.0
+        assert envoy.counter("meshguard_rls_errors_total") == 1
+        assert wait_for(lambda: 'cannot call cluster "no-such-cluster"' in envoy.log())
+
+
+@pytest.mark.parametrize("mode", ["bytes", "not grpc", "grpc error", "bad message", "truncated"])
+@pytest.mark.parametrize("failure_mode_deny,expected", [(False, 200), (True, 503)])
+def test_a_service_answering_garbage_follows_failure_mode(tmp_path, upstream, mode, failure_mode_deny, expected):
+    hostile = Hostile(mode)
+    try:
+        config = plugin_config(failure_mode_deny=failure_mode_deny, timeout="500ms")
+        with envoy_for(tmp_path, upstream, hostile.port, config) as envoy:
+            for _ in range(3):  # each answered at once, and the VM keeps serving
+                started = time.monotonic()
+                response = envoy.get("/orders", {"x-api-key": "k"})
+                assert response.status_code == expected, response.text
+                assert time.monotonic() - started < 1.0
+            assert hostile.calls >= 1, "the service was never asked"
+            assert envoy.counter("meshguard_rls_errors_total") == 3
+            assert envoy.process.poll() is None
+    finally:
+        hostile.stop()

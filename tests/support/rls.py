@@ -7,6 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 from .servers import free_port
 
 RLS_BIN = Path(__file__).resolve().parent / "rls-server" / "target" / "release" / "meshguard-test-rls"
@@ -52,8 +57,8 @@ def rls_server(redis_port, limit, unit="minute"):
     return Process(command, port)
 
 
-class Silent:
-    """Accepts connections and never answers: a hanging rate-limit service."""
+class _Listener:
+    """A loopback TCP listener handing each connection to `_on_connection`."""
 
     def __init__(self):
         self.port = free_port()
@@ -61,7 +66,6 @@ class Silent:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", self.port))
         self._socket.listen(64)
-        self._held = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -70,9 +74,79 @@ class Silent:
                 conn, _ = self._socket.accept()
             except OSError:
                 return
-            self._held.append(conn)
+            self._on_connection(conn)
+
+    def _on_connection(self, conn):
+        raise NotImplementedError
 
     def stop(self):
         self._socket.close()
+
+
+class Silent(_Listener):
+    """Accepts connections and never answers: a hanging rate-limit service."""
+
+    def __init__(self):
+        self._held = []
+        super().__init__()
+
+    def _on_connection(self, conn):
+        self._held.append(conn)
+
+    def stop(self):
+        super().stop()
         for conn in self._held:
             conn.close()
+
+
+class Hostile(_Listener):
+    """Something in the rate-limit service's place that answers every call badly. `mode`:
+    bytes (not HTTP/2 at all), not grpc (HTTP/2 500 with an HTML page), grpc error (gRPC status
+    UNAVAILABLE), bad message (gRPC OK with bytes that are not a RateLimitResponse), truncated
+    (gRPC OK with a frame shorter than it says). `calls` counts the calls answered."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.calls = 0
+        super().__init__()
+
+    def _on_connection(self, conn):
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                if self.mode == "bytes":
+                    conn.recv(65535)
+                    self.calls += 1
+                    conn.sendall(b"\x00\xffnot a protocol\r\n" * 64)
+                    return
+                peer = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+                peer.initiate_connection()
+                conn.sendall(peer.data_to_send())
+                while data := conn.recv(65535):
+                    for event in peer.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived):
+                            peer.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        elif isinstance(event, h2.events.StreamEnded):
+                            self.calls += 1
+                            self._answer(peer, event.stream_id)
+                    conn.sendall(peer.data_to_send())
+            except (OSError, h2.exceptions.ProtocolError):
+                return
+
+    def _answer(self, peer, stream_id):
+        grpc = [(":status", "200"), ("content-type", "application/grpc")]
+        if self.mode == "not grpc":
+            peer.send_headers(stream_id, [(":status", "500"), ("content-type", "text/html")])
+            peer.send_data(stream_id, b"<html><body>upstream error</body></html>", end_stream=True)
+        elif self.mode == "grpc error":
+            peer.send_headers(stream_id, grpc + [("grpc-status", "14"), ("grpc-message", "overloaded")], end_stream=True)
+        else:
+            payload = b"\xff" * 12  # a varint that never ends: not a protobuf message
+            frame = b"\x00" + len(payload).to_bytes(4, "big") + payload
+            if self.mode == "truncated":
+                frame = b"\x00" + (1000).to_bytes(4, "big") + payload
+            peer.send_headers(stream_id, grpc)
+            peer.send_data(stream_id, frame)
+            peer.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
