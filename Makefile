@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench clean schema oci-image
+.PHONY: all setup build wasm trap-wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench soak clean schema oci-image
 
 all: build
 
@@ -19,6 +19,7 @@ lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib --no-default-features -- -D warnings
+	cargo clippy --target wasm32-wasip1 --lib --no-default-features --features test-trap -- -D warnings
 
 unit: setup
 	cargo test
@@ -26,10 +27,15 @@ unit: setup
 rls-server: setup
 	cargo build --release --quiet --manifest-path tests/support/rls-server/Cargo.toml
 
+# The test-only build that traps on request (tests/test_vm_failure.py); its own target directory
+# so it never replaces the real filter.
+trap-wasm: setup
+	CARGO_TARGET_DIR=target/test-trap cargo build --quiet --target wasm32-wasip1 --release --lib --no-default-features --features test-trap
+
 cli: setup
 	cargo build --quiet --bin meshguard
 
-integration: wasm rls-server cli
+integration: wasm trap-wasm rls-server cli
 	$(PYTEST) -q tests
 
 # Every parser that sees outside input, under libFuzzer (cargo fuzz, nightly toolchain).
@@ -55,6 +61,13 @@ oci-image: wasm
 
 run: wasm
 	scripts/run.sh
+
+# Steady load with churning tokens, users and signing keys, at --concurrency 2, for
+# SOAK_SECONDS (default 600): memory start/peak/end, unexpected statuses, dropped requests.
+# Not part of `make test` (a 20 s run of it is). Results in benches/results/soak.md.
+SOAK_SECONDS ?= 600
+soak: wasm
+	.venv/bin/python scripts/soak.py --seconds $(SOAK_SECONDS)
 
 bench: wasm
 	scripts/bench.sh

@@ -415,6 +415,8 @@ impl Context for MeshguardHttp {
 
 impl HttpContext for MeshguardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        trap_when_asked();
         let config = match self.state.try_borrow() {
             Ok(st) => st.config.clone(),
             Err(_) => return carry_out(&StreamAction::Reply(reply::internal_error()), false),
@@ -516,6 +518,17 @@ impl Drop for MeshguardHttp {
                 ratelimit::release(&config, &delayed.limits, &mut st.buckets);
             }
         }
+    }
+}
+
+/// Test-only build (feature `test-trap`): a request carrying `x-meshguard-test-trap` makes the
+/// filter panic, which aborts (panic = "abort") and traps the VM, as a bug would. The tests use
+/// it to show what Envoy's `failure_policy` (Istio's `failStrategy`) does then.
+#[cfg(feature = "test-trap")]
+#[allow(clippy::panic)] // the one deliberate panic, in a build that is never shipped
+fn trap_when_asked() {
+    if super::facts::request_header("x-meshguard-test-trap").is_some() {
+        panic!("x-meshguard-test-trap: trapping as asked (test-trap build)");
     }
 }
 
