@@ -2,12 +2,14 @@
 aborts the module and traps the VM; no request input can do that to the real filter (fuzzing and
 the no-panic rule see to it), so a test-only build (`make trap-wasm`, feature `test-trap`) traps
 when a request carries `x-meshguard-test-trap`. Envoy's `failure_policy` (Istio's
-`failStrategy`) decides what follows: README, "Fail open or fail closed"."""
+`failStrategy`) decides what follows, and a reloaded VM keeps what lives in shared data
+(rate-limit buckets, fetched keys): README, "Fail open or fail closed"."""
 
 import pytest
 
 from support.envoy import REPO, Envoy, meshguard_filter, wait_for
 from support.jose import ISSUER, Signer, jwks
+from support.servers import Idp
 
 TRAP_WASM = REPO / "target" / "test-trap" / "wasm32-wasip1" / "release" / "meshguard.wasm"
 TRAP = {"x-meshguard-test-trap": "1"}
@@ -96,3 +98,37 @@ def test_fail_reload_starts_a_new_vm_for_later_requests(tmp_path, upstream, sign
         assert wait_for(lambda: envoy.get("/orders", token).status_code == 200, timeout=10, interval=0.2)
         assert envoy.get("/orders").status_code == 401
         assert envoy.stat("wasm.meshguard.vm_reload_success") == 2
+
+
+def test_rate_limit_buckets_outlive_a_reloaded_vm(tmp_path, upstream, signer):
+    # Buckets live in Envoy's shared data, outside the VM: a crash does not hand out fresh tokens.
+    config = auth_config(signer)
+    config["rate_limits"] = {"per_user": {"key": "claim:sub", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1h"}}}
+    config["rules"][0]["rate_limits"] = ["per_user"]
+    options = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+    filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
+    with Envoy(None, {"upstream": upstream.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
+        token = {"authorization": f"Bearer {signer.sign()}"}
+        assert [envoy.get("/orders", token).status_code for _ in range(3)] == [200, 200, 429]
+        assert envoy.get("/orders", TRAP).status_code == 503
+        assert wait_for(lambda: envoy.get("/orders").status_code == 401, timeout=10, interval=0.2)
+        assert envoy.get("/orders", token).status_code == 429
+        assert envoy.stat("wasm.meshguard.vm_reload_success") == 1
+
+
+def test_a_reloaded_vm_takes_the_fetched_keys_from_shared_data(tmp_path, upstream, signer):
+    idp = Idp(jwks(signer)).start()
+    try:
+        config = auth_config(signer)
+        config["providers"]["corp"].pop("local_jwks")
+        config["providers"]["corp"]["remote_jwks"] = {"cluster": "idp", "uri": "http://idp.meshguard.test/jwks.json", "timeout": "1s", "cache_duration": "10m"}
+        options = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+        filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
+        with Envoy(None, {"upstream": upstream.port, "idp": idp.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
+            token = {"authorization": f"Bearer {signer.sign()}"}
+            assert envoy.get("/orders", token).status_code == 200
+            assert envoy.get("/orders", TRAP).status_code == 503
+            assert wait_for(lambda: envoy.get("/orders", token).status_code == 200, timeout=10, interval=0.2)
+            assert idp.fetches == 1, "the new VM fetched the keys again"
+    finally:
+        idp.stop()
