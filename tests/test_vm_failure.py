@@ -13,6 +13,8 @@ from support.servers import Idp
 
 TRAP_WASM = REPO / "target" / "test-trap" / "wasm32-wasip1" / "release" / "meshguard.wasm"
 TRAP = {"x-meshguard-test-trap": "1"}
+# FAIL_RELOAD with a short back-off, so the tests need not wait Envoy's default second.
+RELOAD_FAST = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_fail_open_passes_later_requests_without_the_filter(tmp_path, upstream, 
 
 
 def test_fail_reload_starts_a_new_vm_for_later_requests(tmp_path, upstream, signer):
-    options = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+    options = RELOAD_FAST
     with envoy_with(tmp_path, upstream, signer, options) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert envoy.get("/orders", token).status_code == 200
@@ -105,7 +107,7 @@ def test_rate_limit_buckets_outlive_a_reloaded_vm(tmp_path, upstream, signer):
     config = auth_config(signer)
     config["rate_limits"] = {"per_user": {"key": "claim:sub", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1h"}}}
     config["rules"][0]["rate_limits"] = ["per_user"]
-    options = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+    options = RELOAD_FAST
     filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
     with Envoy(None, {"upstream": upstream.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
@@ -122,7 +124,7 @@ def test_a_reloaded_vm_takes_the_fetched_keys_from_shared_data(tmp_path, upstrea
         config = auth_config(signer)
         config["providers"]["corp"].pop("local_jwks")
         config["providers"]["corp"]["remote_jwks"] = {"cluster": "idp", "uri": "http://idp.meshguard.test/jwks.json", "timeout": "1s", "cache_duration": "10m"}
-        options = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+        options = RELOAD_FAST
         filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
         with Envoy(None, {"upstream": upstream.port, "idp": idp.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
             token = {"authorization": f"Bearer {signer.sign()}"}
