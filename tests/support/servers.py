@@ -14,6 +14,43 @@ def free_port():
         return s.getsockname()[1]
 
 
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes: without TCP_NODELAY the body waits for Envoy's
+    # delayed ACK (40 ms a response on a keep-alive connection).
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+
+class _HttpServer(ThreadingHTTPServer):
+    """Remembers its open connections, so that stopping it can close them: a handler thread
+    would otherwise go on serving a keep-alive connection Envoy holds, and a stopped server
+    would still answer."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        self.connections = set()
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self):
+        for conn in list(self.connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class _Server:
     def __init__(self, handler, port=None):
         self.port = port or free_port()
@@ -21,14 +58,15 @@ class _Server:
         self._httpd = None
 
     def start(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HttpServer(("127.0.0.1", self.port), self._handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
     def stop(self):
+        """Stops as a dead server would: no new connections, open ones closed."""
         if self._httpd:
             self._httpd.shutdown()
+            self._httpd.close_connections()
             self._httpd.server_close()
             self._httpd = None
 
@@ -38,12 +76,7 @@ class Upstream(_Server):
     `x-test-delay-ms` is held that long first (a request in flight)."""
 
     def __init__(self, port=None):
-        class Echo(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes: without TCP_NODELAY the body waits for
-            # Envoy's delayed ACK (40 ms a response on a keep-alive connection).
-            disable_nagle_algorithm = True
-
+        class Echo(_Handler):
             def _echo(self):
                 length = int(self.headers.get("content-length") or 0)
                 if length:
@@ -60,9 +93,6 @@ class Upstream(_Server):
                 self.wfile.write(body)
 
             do_GET = do_POST = do_PUT = do_DELETE = _echo
-
-            def log_message(self, *args):
-                pass
 
         super().__init__(Echo, port)
 
@@ -81,18 +111,8 @@ class Idp(_Server):
         self._lock = threading.Lock()
         idp = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes: without TCP_NODELAY the body waits for
-            # Envoy's delayed ACK (40 ms a response on a keep-alive connection).
-            disable_nagle_algorithm = True
-
+        class Handler(_Handler):
             def do_GET(self):
-                if idp._httpd is None:
-                    # Stopped: a keep-alive connection Envoy still holds must not be served
-                    # by its leftover handler thread. Close it unanswered, as a dead IdP would.
-                    self.close_connection = True
-                    return
                 with idp._lock:
                     idp.fetches += 1
                 mode = idp.mode
@@ -118,8 +138,5 @@ class Idp(_Server):
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-
-            def log_message(self, *args):
-                pass
 
         super().__init__(Handler, port)
