@@ -22,8 +22,7 @@ def memory(envoy):
     conn = http.client.HTTPConnection("127.0.0.1", envoy.admin_port, timeout=10)
     conn.request("GET", "/memory")
     allocated = int(json.loads(conn.getresponse().read())["allocated"])
-    rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{envoy.process.pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
-    return allocated / 2**20, rss_kb / 1024
+    return allocated / 2**20, envoy.rss_mib()
 
 
 def send(port, start, stop, step):

@@ -179,19 +179,12 @@ class Load:
         conn.close()
 
 
-def rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def sample(envoy):
     return {
         "t": time.monotonic(),
         "allocated_mib": envoy.stat("server.memory_allocated") / 2**20,
         "heap_mib": envoy.stat("server.memory_heap_size") / 2**20,
-        "rss_mib": rss_mib(envoy.process.pid),
+        "rss_mib": envoy.rss_mib(),
     }
 
 

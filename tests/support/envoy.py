@@ -211,6 +211,14 @@ class Envoy:
                 self.process.kill()
                 self.process.wait()
 
+    def rss_mib(self):
+        """The Envoy process's resident set (it includes the Wasm VMs' linear memory, which
+        Envoy's own allocator stats do not count)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
     def cpu_seconds(self):
         """CPU time all of Envoy's threads have used so far, from the scheduler's nanosecond
         accounting (/proc/PID/task/*/schedstat), finer than the 10 ms ticks of /proc/PID/stat."""
