@@ -132,8 +132,6 @@ def tamper(token):
     return f"{header}.{forged}.{signature}"
 
 
-
-
 def unsigned_token():
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now + 600}

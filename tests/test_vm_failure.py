@@ -35,12 +35,13 @@ def auth_config(signer):
     }
 
 
-def envoy_with(tmp_path, upstream, signer, plugin_options):
+def trap_envoy(tmp_path, clusters, config, plugin_options):
+    """Envoy running the trap build with `config` and Envoy's PluginConfig `plugin_options`."""
     if not TRAP_WASM.exists():
         pytest.fail(f"{TRAP_WASM} is missing: run the tests with 'make test'")
     # One worker: the trap kills the only VM serving requests.
-    filters = [meshguard_filter(auth_config(signer), wasm=TRAP_WASM, plugin_options=plugin_options)]
-    return Envoy(None, {"upstream": upstream.port}, tmp_path, concurrency=1, http_filters=filters)
+    filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=plugin_options)]
+    return Envoy(None, clusters, tmp_path, concurrency=1, http_filters=filters)
 
 
 def reached_upstream(response):
@@ -48,7 +49,7 @@ def reached_upstream(response):
 
 
 def test_the_trap_build_works_like_the_real_filter_until_told_to_trap(tmp_path, upstream, signer):
-    with envoy_with(tmp_path, upstream, signer, {"failure_policy": "FAIL_CLOSED"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_CLOSED"}) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         allowed = envoy.get("/orders", token)
         assert reached_upstream(allowed) and allowed.json()["headers"]["x-user"] == ["alice"]
@@ -62,7 +63,7 @@ def test_the_trap_build_works_like_the_real_filter_until_told_to_trap(tmp_path, 
 
 
 def test_fail_closed_refuses_every_later_request(tmp_path, upstream, signer):
-    with envoy_with(tmp_path, upstream, signer, {"failure_policy": "FAIL_CLOSED"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_CLOSED"}) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert envoy.get("/orders", token).status_code == 200
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -75,7 +76,7 @@ def test_fail_closed_refuses_every_later_request(tmp_path, upstream, signer):
 def test_fail_open_passes_later_requests_without_the_filter(tmp_path, upstream, signer):
     # Why FAIL_OPEN must never guard auth: once the VM is gone, a request with no token
     # reaches the service, and nothing strips client-sent identity headers.
-    with envoy_with(tmp_path, upstream, signer, {"failure_policy": "FAIL_OPEN"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_OPEN"}) as envoy:
         assert envoy.get("/orders").status_code == 401
         assert envoy.get("/orders", TRAP).status_code == 503
         response = envoy.get("/orders", {"x-user": "mallory"})
@@ -84,8 +85,7 @@ def test_fail_open_passes_later_requests_without_the_filter(tmp_path, upstream, 
 
 
 def test_fail_reload_starts_a_new_vm_for_later_requests(tmp_path, upstream, signer):
-    options = RELOAD_FAST
-    with envoy_with(tmp_path, upstream, signer, options) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), RELOAD_FAST) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert envoy.get("/orders", token).status_code == 200
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -107,9 +107,7 @@ def test_rate_limit_buckets_outlive_a_reloaded_vm(tmp_path, upstream, signer):
     config = auth_config(signer)
     config["rate_limits"] = {"per_user": {"key": "claim:sub", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1h"}}}
     config["rules"][0]["rate_limits"] = ["per_user"]
-    options = RELOAD_FAST
-    filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
-    with Envoy(None, {"upstream": upstream.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, config, RELOAD_FAST) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert [envoy.get("/orders", token).status_code for _ in range(3)] == [200, 200, 429]
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -124,9 +122,7 @@ def test_a_reloaded_vm_takes_the_fetched_keys_from_shared_data(tmp_path, upstrea
         config = auth_config(signer)
         config["providers"]["corp"].pop("local_jwks")
         config["providers"]["corp"]["remote_jwks"] = {"cluster": "idp", "uri": "http://idp.meshguard.test/jwks.json", "timeout": "1s", "cache_duration": "10m"}
-        options = RELOAD_FAST
-        filters = [meshguard_filter(config, wasm=TRAP_WASM, plugin_options=options)]
-        with Envoy(None, {"upstream": upstream.port, "idp": idp.port}, tmp_path, concurrency=1, http_filters=filters) as envoy:
+        with trap_envoy(tmp_path, {"upstream": upstream.port, "idp": idp.port}, config, RELOAD_FAST) as envoy:
             token = {"authorization": f"Bearer {signer.sign()}"}
             assert envoy.get("/orders", token).status_code == 200
             assert envoy.get("/orders", TRAP).status_code == 503
