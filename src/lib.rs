@@ -15,6 +15,7 @@ pub mod accesslog;
 pub mod auth;
 pub mod config;
 pub mod hash;
+pub mod headermap;
 pub mod pipeline;
 pub mod proto;
 pub mod ratelimit;

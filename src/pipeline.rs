@@ -70,6 +70,9 @@ pub fn decide(
     mutations
         .remove
         .extend(config.output_headers.iter().cloned());
+    mutations
+        .remove
+        .extend(request.underscore_twins.iter().cloned());
     let Some((rule_index, rule)) = match_rule(&config.rules, request) else {
         return match config.unmatched {
             Unmatched::Deny => Decision::Deny {

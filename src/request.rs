@@ -11,6 +11,17 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
     pub client_ip: Option<String>,
+    /// Headers on the request whose names are a header meshguard writes with `_` for `-`
+    /// (`x_user` for `x-user`): removed like the header itself, since CGI, WSGI and many
+    /// frameworks read both names as one.
+    pub underscore_twins: Vec<String>,
+}
+
+/// A value Envoy holds as bytes, as text: bytes that are not UTF-8 become U+FFFD, so such a
+/// token is malformed and such a header equals no configured value. A rate-limit key built
+/// from it shares its bucket with other such values: never a fresh one.
+pub fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Request {
@@ -26,6 +37,7 @@ impl Request {
             authority: authority.to_owned(),
             headers,
             client_ip: None,
+            underscore_twins: Vec::new(),
         }
     }
 
@@ -59,6 +71,20 @@ impl Request {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// A header's values joined by `,` in the order sent, as Envoy's route matching and
+    /// `%REQ()%` see a repeated header: one value to compare, so a client cannot add a friendlier
+    /// copy (`x-tenant: acme` + `x-tenant: public` is `acme,public`, not `public`).
+    pub fn header_combined(&self, name: &str) -> Option<String> {
+        let mut values = self.header_values(name);
+        let first = values.next()?;
+        let mut combined = first.to_owned();
+        for value in values {
+            combined.push(',');
+            combined.push_str(value);
+        }
+        Some(combined)
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +105,8 @@ mod tests {
             request.header_values("x-a").collect::<Vec<_>>(),
             vec!["1", "2"]
         );
+        assert_eq!(request.header_combined("x-a").as_deref(), Some("1,2"));
+        assert_eq!(request.header_combined("x-b"), None);
         assert_eq!(Request::new("GET", "/", "", vec![]).query(), None);
     }
 }

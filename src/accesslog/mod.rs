@@ -18,6 +18,29 @@ pub fn is_secret(header: &str) -> bool {
     SECRET_HEADERS.contains(&header)
 }
 
+/// Bytes as log text: UTF-8 as it is; in a value that is not, every stray byte as `\xNN` and a
+/// backslash as `\\`, so `caf\xe9` shows exactly what the client sent.
+pub fn escaped(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
 /// How a request ended, for sampling and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

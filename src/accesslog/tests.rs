@@ -117,3 +117,16 @@ fn sampling_follows_the_rate() {
     assert!((4_500..5_500).contains(&logged), "{logged}");
     assert!(should_log(&config(true, 1.0), &verdict(), Some(200), "x"));
 }
+
+#[test]
+fn bytes_that_are_not_utf8_are_logged_escaped() {
+    assert_eq!(escaped(b"curl/8"), "curl/8");
+    assert_eq!(escaped(b"a\\b"), "a\\b", "valid text is kept as it is");
+    assert_eq!(escaped(b"caf\xe9"), "caf\\xe9");
+    assert_eq!(
+        escaped(b"\\xe9\xe9"),
+        "\\\\xe9\\xe9",
+        "a literal backslash is doubled"
+    );
+    assert_eq!(escaped(b"\xc3\xa9\xff"), "é\\xff");
+}

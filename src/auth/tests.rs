@@ -195,6 +195,22 @@ fn forward_true_keeps_the_token() {
 }
 
 #[test]
+fn underscore_twins_of_written_headers_are_removed_too() {
+    let config = config_with(json!({}), default_rules());
+    let mut spoofed = request("/healthz", &[]);
+    spoofed.underscore_twins = vec!["x_user".into(), "x_jwt-payload".into()];
+    let Decision::Allow(allowed) = run(&config, &spoofed) else {
+        panic!()
+    };
+    for header in ["x-user", "x_user", "x_jwt-payload"] {
+        assert!(
+            allowed.mutations.remove.contains(&header.to_string()),
+            "{header}"
+        );
+    }
+}
+
+#[test]
 fn spoofed_output_headers_are_removed_even_on_unauthenticated_rules() {
     let config = config_with(json!({}), default_rules());
     let Decision::Allow(allowed) = run(
@@ -293,6 +309,25 @@ fn refused_tokens_get_401_invalid_token_with_the_reason() {
         assert_eq!(
             reason(&decision),
             format!(r#"Bearer error="invalid_token", error_description="{expected}""#)
+        );
+    }
+}
+
+#[test]
+fn a_token_header_that_is_not_utf8_is_a_malformed_token() {
+    let config = config_with(json!({}), default_rules());
+    let valid = hs_token(base_payload());
+    for raw in [
+        b"Bearer \xff\xfe".to_vec(),
+        [b"Bearer ".as_slice(), valid.as_bytes(), b"\xe9"].concat(),
+    ] {
+        // As the host adapter reads it (`request::text_of`).
+        let header = crate::request::text_of(&raw);
+        let decision = run(&config, &request("/api/x", &[("authorization", &header)]));
+        assert_eq!(status(&decision), 401, "{raw:?}");
+        assert_eq!(
+            reason(&decision),
+            r#"Bearer error="invalid_token", error_description="token is malformed""#
         );
     }
 }

@@ -1,19 +1,54 @@
 //! Reading request and exchange facts from Envoy: only what the configuration needs, in as few
-//! calls into Envoy as possible (each costs about a microsecond).
+//! calls into Envoy as possible (each costs about a microsecond). Everything is read as bytes:
+//! a client or a dependency may send any byte, and the SDK's `String` helpers trap the VM on one
+//! that is not UTF-8 (they are forbidden by `clippy.toml`).
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use proxy_wasm::types::{MapType, Status};
 
 use super::state::now_ms;
-use crate::accesslog;
+use crate::accesslog::{self, escaped};
 use crate::config::{Config, RequestReads};
+use crate::headermap::{self, RawHeader};
 use crate::ratelimit::key::ip_of_address;
-use crate::request::Request;
+use crate::request::{text_of, Request};
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The whole header map as bytes. The SDK's `get_map_bytes` still turns names into `String`
+/// with `unwrap`; this reads the same host call and decodes without trusting it.
+pub fn header_map(map_type: MapType) -> Vec<RawHeader> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through the SDK's exported
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), and hands it to us:
+    // taking it back as a `Vec` of that length and capacity frees it exactly once, as the SDK's
+    // own readers do.
+    let serialized = unsafe {
+        match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => return Vec::new(),
+        }
+    };
+    headermap::decode(&serialized)
+}
+
+/// One header's value as bytes (the first value, for a repeated header).
+pub fn header_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map_type, name)
         .ok()
         .flatten()
+}
+
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    header_value(MapType::HttpRequestHeaders, name)
 }
 
 /// Envoy encodes integer attributes as 8 little-endian bytes.
@@ -32,44 +67,72 @@ fn source_address() -> Option<String> {
 }
 
 /// Where request headers come from: one call each, or the whole map in one call. The map is read
-/// whenever a configured header matters (a token, a key, a match): it is one call instead of
-/// several, and only it shows every value of a repeated header. Envoy joins a repeated
-/// `Authorization` itself, but hands a filter asking by name only the first of other repeated
-/// headers; two different tokens must be refused, never one of them picked.
+/// whenever a configured header matters (a token, a key, a match, a header meshguard writes): it
+/// is one call instead of several, and only it shows every value of a repeated header and every
+/// name (the underscore twins of written headers). Envoy joins a repeated `Authorization`
+/// itself, but hands a filter asking by name only the first of other repeated headers; two
+/// different tokens must be refused, never one of them picked.
 enum Headers {
     EachByName,
-    Map(Vec<(String, String)>),
+    Map(Vec<RawHeader>),
 }
 
 impl Headers {
-    /// The first value, as `get_map_value` gives it.
-    fn get(&self, name: &str) -> Option<String> {
+    /// The first value, as `get_map_value_bytes` gives it.
+    fn get(&self, name: &str) -> Option<Vec<u8>> {
         match self {
             Headers::EachByName => request_header(name),
-            Headers::Map(map) => map.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
+            Headers::Map(map) => map
+                .iter()
+                .find(|(n, _)| n == name.as_bytes())
+                .map(|(_, v)| v.clone()),
         }
     }
 
     /// Every value of a header, in the order the client sent them.
-    fn all(&self, name: &str) -> Vec<String> {
+    fn all(&self, name: &str) -> Vec<Vec<u8>> {
         match self {
             Headers::EachByName => request_header(name).into_iter().collect(),
             Headers::Map(map) => map
                 .iter()
-                .filter(|(n, _)| n == name)
+                .filter(|(n, _)| n == name.as_bytes())
                 .map(|(_, v)| v.clone())
                 .collect(),
         }
     }
+
+    /// Names on the request that are a header meshguard writes with `_` for `-` (`x_user` for
+    /// `x-user`): CGI, WSGI and many frameworks read both as one.
+    fn underscore_twins(&self, written: &[String]) -> Vec<String> {
+        let Headers::Map(map) = self else {
+            return Vec::new();
+        };
+        let mut twins: Vec<String> = Vec::new();
+        for (name, _) in map {
+            if !name.contains(&b'_') {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            let dashed = name.replace('_', "-");
+            if written.contains(&dashed) && !twins.iter().any(|t| t == name) {
+                twins.push(name.to_owned());
+            }
+        }
+        twins
+    }
 }
 
 /// The request, as the decision needs it, and (when the access log is on) the request's side of
-/// the log record, read before meshguard changes any header.
+/// the log record, read before meshguard changes any header. Values meshguard decides on are
+/// taken as text with bytes that are not UTF-8 replaced (U+FFFD: such a token is malformed, such
+/// a header equals no configured value); the log shows them escaped (`\xe9`).
 pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<accesslog::Exchange>) {
     let reads: &RequestReads = &config.reads;
     let logging = config.access_log.enabled;
-    let headers = if logging || !reads.headers.is_empty() {
-        Headers::Map(hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default())
+    let headers = if logging || !reads.headers.is_empty() || !config.output_headers.is_empty() {
+        Headers::Map(header_map(MapType::HttpRequestHeaders))
     } else {
         Headers::EachByName
     };
@@ -81,22 +144,23 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
     let authority = (reads.authority || logging)
         .then(|| headers.get(":authority"))
         .flatten();
+    let logged = |name: &str| headers.get(name).map(|value| escaped(&value));
     let exchange = logging.then(|| accesslog::Exchange {
         start_ms,
-        request_id: headers.get("x-request-id"),
-        traceparent: headers.get("traceparent"),
-        b3_trace_id: headers.get("x-b3-traceid"),
-        method: method.clone().unwrap_or_default(),
-        path: path.clone(),
-        authority: authority.clone().unwrap_or_default(),
+        request_id: logged("x-request-id"),
+        traceparent: logged("traceparent"),
+        b3_trace_id: logged("x-b3-traceid"),
+        method: method.as_deref().map(escaped).unwrap_or_default(),
+        path: escaped(&path),
+        authority: authority.as_deref().map(escaped).unwrap_or_default(),
         client_address: client_address.clone(),
         // Headers meshguard itself writes are logged as they went upstream (read at the end).
         headers: config
             .access_log
             .request_headers
             .iter()
-            .filter(|name| !accesslog::is_secret(name) && !config.output_headers.contains(name))
-            .filter_map(|name| headers.get(name).map(|value| (name.clone(), value)))
+            .filter(|name| !config.output_headers.contains(name))
+            .filter_map(|name| logged(name).map(|value| (name.clone(), value)))
             .collect(),
         ..accesslog::Exchange::default()
     });
@@ -107,13 +171,13 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
             .flatten()
             .map(|address| ip_of_address(&address).to_owned()),
         method: if reads.method {
-            method.unwrap_or_default()
+            method.as_deref().map(text_of).unwrap_or_default()
         } else {
             String::new()
         },
-        path,
+        path: text_of(&path),
         authority: if reads.authority {
-            authority.unwrap_or_default()
+            authority.as_deref().map(text_of).unwrap_or_default()
         } else {
             String::new()
         },
@@ -124,9 +188,10 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
                 headers
                     .all(name)
                     .into_iter()
-                    .map(move |value| (name.clone(), value))
+                    .map(move |value| (name.clone(), text_of(&value)))
             })
             .collect(),
+        underscore_twins: headers.underscore_twins(&config.output_headers),
     };
     (request, exchange)
 }
@@ -136,17 +201,15 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
 pub fn finish_exchange(exchange: &mut accesslog::Exchange, config: &Config) {
     exchange.end_ms = now_ms();
     exchange.status = number_property(&["response", "code"]).or_else(|| {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok())
+        header_value(MapType::HttpResponseHeaders, ":status")
+            .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok())
     });
     exchange.request_bytes = number_property(&["request", "total_size"]);
     exchange.response_bytes = number_property(&["response", "total_size"]);
     for name in &config.access_log.request_headers {
-        if config.output_headers.contains(name) && !accesslog::is_secret(name) {
+        if config.output_headers.contains(name) {
             if let Some(value) = request_header(name) {
-                exchange.headers.push((name.clone(), value));
+                exchange.headers.push((name.clone(), escaped(&value)));
             }
         }
     }

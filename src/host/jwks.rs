@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use proxy_wasm::types::{MapType, Status};
 
+use super::facts::header_value;
 use super::state::VmState;
 use crate::auth::jwks::MAX_JWKS_BYTES;
 use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason};
@@ -136,14 +137,10 @@ pub fn finish_fetch(
 ) -> Option<usize> {
     let provider = state.fetches.remove(&token)?;
     let (name, remote) = remote_of(state, provider)?;
-    let status = hostcalls::get_map_value(
-        proxy_wasm::types::MapType::HttpCallResponseHeaders,
-        ":status",
-    )
-    .ok()
-    .flatten();
+    // As bytes: the IdP's reply may carry anything, and the SDK's `String` reader traps on it.
+    let status = header_value(MapType::HttpCallResponseHeaders, ":status");
     let succeeded = match status.as_deref() {
-        Some("200") if body_size <= MAX_JWKS_BYTES => {
+        Some(b"200") if body_size <= MAX_JWKS_BYTES => {
             let body = hostcalls::get_buffer(
                 proxy_wasm::types::BufferType::HttpCallResponseBody,
                 0,
@@ -183,7 +180,7 @@ pub fn finish_fetch(
                 None => false,
             }
         }
-        Some("200") => {
+        Some(b"200") => {
             warn!(
                 "provider {name}: JWKS from {} is {body_size} bytes, over {MAX_JWKS_BYTES}",
                 remote.uri
@@ -192,8 +189,9 @@ pub fn finish_fetch(
         }
         Some(other) => {
             warn!(
-                "provider {name}: JWKS fetch from {} answered {other}",
-                remote.uri
+                "provider {name}: JWKS fetch from {} answered {}",
+                remote.uri,
+                crate::accesslog::escaped(other)
             );
             false
         }

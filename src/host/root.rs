@@ -7,7 +7,7 @@ use std::rc::Rc;
 use log::{error, info};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
 
 use super::buckets::create_slots;
 use super::crypto::{detect_host_crypto, HostVerifier};
@@ -56,7 +56,11 @@ impl Context for MeshguardRoot {
 
 impl RootContext for MeshguardRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        // `hostcalls`, not the trait's helper: that one unwraps the host's status.
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let config = match config::parse(&bytes) {
             Ok(config) => config,
             Err(err) => {
