@@ -26,7 +26,14 @@ pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
     {
         return false;
     }
-    if !matcher.methods.is_empty() && !matcher.methods.contains(&request.method) {
+    // Methods are case-sensitive tokens (RFC 9110 §9.1), but HTTP/2 lets a client send
+    // `post`, and many servers treat it as POST: a rule for POST must apply to it.
+    if !matcher.methods.is_empty()
+        && !matcher
+            .methods
+            .iter()
+            .any(|method| method.eq_ignore_ascii_case(&request.method))
+    {
         return false;
     }
     if !matcher.hosts.is_empty() && !host_matches(&matcher.hosts, &request.authority) {
@@ -35,20 +42,20 @@ pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
     matcher
         .headers
         .iter()
-        .all(|(name, value)| request.header_values(name).any(|v| v == value))
+        .all(|(name, value)| request.header_combined(name).as_deref() == Some(value.as_str()))
 }
 
-/// A host matches the authority exactly or without its port, ignoring case.
+/// A host matches the authority exactly or without its port, ignoring case and a trailing dot
+/// (`admin.example.com.` and `admin.example.com:` name the same host as `admin.example.com`).
+/// Configured hosts are lower-case without a trailing dot (`config::validate`).
 fn host_matches(hosts: &[String], authority: &str) -> bool {
     let authority = authority.to_ascii_lowercase();
     let without_port = match authority.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            host
-        }
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority.as_str(),
     };
+    let bare = |name: &str| name.strip_suffix('.').unwrap_or(name).to_owned();
+    let (authority, without_port) = (bare(&authority), bare(without_port));
     hosts
         .iter()
         .any(|host| *host == authority || *host == without_port)
@@ -120,6 +127,53 @@ mod tests {
     fn prefix_is_case_sensitive_and_unmatched_is_none() {
         assert_eq!(rule_for("GET", "/API/orders", "svc", &[]), None);
         assert_eq!(rule_for("GET", "/other", "svc", &[]), None);
+    }
+
+    #[test]
+    fn hosts_ignore_a_trailing_dot_and_an_empty_port() {
+        let blue = [("x-tenant", "blue")];
+        for authority in [
+            "admin.example.com.",
+            "admin.example.com.:8443",
+            "admin.example.com:",
+            "ADMIN.example.com.:",
+        ] {
+            assert_eq!(
+                rule_for("GET", "/api/x", authority, &blue).as_deref(),
+                Some("admin"),
+                "{authority}"
+            );
+        }
+        assert_eq!(
+            rule_for("GET", "/api/x", "admin.example.com..", &blue).as_deref(),
+            Some("api")
+        );
+    }
+
+    #[test]
+    fn methods_match_whatever_their_case() {
+        assert_eq!(
+            rule_for("post", "/api/orders", "svc", &[]).as_deref(),
+            Some("writes")
+        );
+        assert_eq!(
+            rule_for("Delete", "/api/orders", "svc", &[]).as_deref(),
+            Some("writes")
+        );
+    }
+
+    #[test]
+    fn a_repeated_header_is_compared_as_its_joined_value() {
+        for headers in [
+            [("x-tenant", "acme"), ("x-tenant", "blue")],
+            [("x-tenant", "blue"), ("x-tenant", "acme")],
+        ] {
+            assert_eq!(
+                rule_for("GET", "/api/x", "admin.example.com", &headers).as_deref(),
+                Some("api"),
+                "{headers:?}"
+            );
+        }
     }
 
     #[test]

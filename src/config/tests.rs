@@ -296,3 +296,30 @@ fn allow_missing_on_the_rule_applies_to_its_requirement() {
     };
     assert!(requirement.allow_missing);
 }
+
+#[test]
+fn token_and_payload_headers_are_never_logged_even_when_listed() {
+    let mut value = design_example();
+    value["providers"]["partner"]["from_headers"] = json!([{"name": "x-jwt"}]);
+    value["access_log"]["request_headers"] = json!([
+        "user-agent",
+        "x-jwt",
+        "x-jwt-payload",
+        "authorization",
+        "Cookie",
+        "x-user"
+    ]);
+    let config = parse_value(&value).unwrap();
+    assert_eq!(
+        config.access_log.request_headers,
+        vec!["user-agent", "x-user"]
+    );
+}
+
+#[test]
+fn hosts_are_kept_without_case_or_a_trailing_dot() {
+    let mut value = design_example();
+    value["rules"][0]["match"]["hosts"] = json!(["Admin.Example.com."]);
+    let config = parse_value(&value).unwrap();
+    assert_eq!(config.rules[0].matcher.hosts, vec!["admin.example.com"]);
+}

@@ -122,7 +122,16 @@ impl Builder {
                 ))
             }
         };
-        let access_log = build_access_log(raw.access_log.as_ref())?;
+        let mut access_log = build_access_log(raw.access_log.as_ref())?;
+        // Credentials are never logged, whatever `request_headers` lists: the fixed credential
+        // headers, and every header a provider reads a token from or writes its payload to.
+        access_log.request_headers.retain(|name| {
+            !crate::accesslog::is_secret(name)
+                && !providers.iter().any(|provider| {
+                    provider.locations.headers.iter().any(|h| h.name == *name)
+                        || provider.forward_payload_header.as_deref() == Some(name.as_str())
+                })
+        });
 
         let mut output_headers: Vec<String> = Vec::new();
         for provider in &providers {
@@ -353,7 +362,9 @@ fn build_match(path: &str, raw: &RawMatch) -> Result<RuleMatch, ConfigError> {
         .enumerate()
         .map(|(i, h)| {
             non_empty(&format!("{path}.hosts[{i}]"), h)?;
-            Ok(h.to_ascii_lowercase())
+            // Matched as Envoy names hosts: no case, no trailing dot (`rules::host_matches`).
+            let host = h.to_ascii_lowercase();
+            Ok(host.strip_suffix('.').map_or(host.clone(), str::to_owned))
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let headers = raw

@@ -38,7 +38,7 @@ fn push_part(key: &mut String, value: Option<&str>) {
 pub fn key_part_value(part: &KeyPart, facts: &KeyFacts) -> Option<String> {
     match part {
         KeyPart::ClientIp => facts.request.client_ip.clone(),
-        KeyPart::Header(name) => facts.request.header_values(name).next().map(str::to_owned),
+        KeyPart::Header(name) => facts.request.header_combined(name),
         KeyPart::Claim(name) => facts
             .claims
             .iter()
