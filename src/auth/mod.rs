@@ -99,10 +99,10 @@ pub fn authenticate(
     match verdict {
         Err(AuthError::UnknownKid) => {
             let may_refetch = matches!(provider.keys, KeySource::Remote(_))
-                && env
-                    .keys
-                    .remote(provider_index)
-                    .is_some_and(|remote| remote.may_refetch_for_unknown_kid(env.now_ms));
+                && env.keys.remote(provider_index).is_some_and(|remote| {
+                    // A fetch already under way may bring the kid: wait for it too.
+                    remote.may_refetch_for_unknown_kid(env.now_ms) || remote.lease.busy(env.now_ms)
+                });
             // Not cached: once keys rotate, the same token must be looked at again.
             if may_refetch {
                 ProviderOutcome::AwaitingKeys(FetchReason::UnknownKid)

@@ -695,13 +695,19 @@ fn unknown_kid_asks_for_one_early_refetch_then_401() {
         decide_now(&keys, NOW_MS),
         Decision::AwaitKeys(vec![(0, FetchReason::UnknownKid)])
     );
-    // A refetch just happened and still no such kid: refuse rather than fetch again.
+    // While that refetch is under way, the request waits for it (it may bring the kid)...
     let remote = keys.remote_mut(0).unwrap();
-    remote.lease = remote
+    let started = remote
         .lease
         .try_start(NOW_MS, 1_000, FetchReason::UnknownKid)
-        .unwrap()
-        .finished(true, NOW_MS + 5);
+        .unwrap();
+    remote.lease = started;
+    assert_eq!(
+        decide_now(&keys, NOW_MS + 3),
+        Decision::AwaitKeys(vec![(0, FetchReason::UnknownKid)])
+    );
+    // ... and once it came back still without the kid: refuse rather than fetch again.
+    keys.remote_mut(0).unwrap().lease = started.finished(true, NOW_MS + 5);
     assert!(reason(&decide_now(&keys, NOW_MS + 10)).contains("key id is not known"));
     // After rotation the new key is there.
     keys.remote_mut(0)

@@ -80,7 +80,7 @@ fn waiting_on_fetch(
     now_ms: u64,
 ) -> bool {
     needs.iter().any(|(provider, _)| {
-        state.fetches.values().any(|p| p == provider)
+        jwks::in_flight(state, *provider)
             || state
                 .keys
                 .remote(*provider)
@@ -508,15 +508,22 @@ impl Drop for MeshguardHttp {
                 .retain(|waiter| waiter.context_id != self.context_id);
             st.response_headers.remove(&self.context_id);
             st.verdicts.remove(&self.context_id);
+            let config = st.config.clone();
             if let Some(index) = st
                 .delayed
                 .iter()
                 .position(|d| d.context_id == self.context_id)
             {
                 let delayed = st.delayed.swap_remove(index);
-                let config = st.config.clone();
                 ratelimit::release(&config, &delayed.limits, &mut st.buckets);
             }
+            // A request waiting for the rate-limit service: its calls are forgotten (Envoy
+            // cancels them with the stream) and the delay tokens it reserved are given back.
+            if let Some(wait) = st.global.remove(&self.context_id) {
+                ratelimit::release(&config, wait.pending.reservations(), &mut st.buckets);
+            }
+            st.global_calls
+                .retain(|_, (context_id, _)| *context_id != self.context_id);
         }
     }
 }

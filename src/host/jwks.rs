@@ -8,9 +8,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 
 use super::facts::header_value;
-use super::state::VmState;
+use super::state::{InFlightFetch, VmState, DISPATCH_TICK};
 use crate::auth::jwks::MAX_JWKS_BYTES;
-use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason};
+use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason, LEASE_MARGIN_MS};
 use crate::config::{KeySource, RemoteJwks};
 
 fn remote_of(state: &VmState, provider: usize) -> Option<(String, RemoteJwks)> {
@@ -62,13 +62,19 @@ pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
     changed
 }
 
-/// Starts a fetch if no worker is fetching and the lease allows it now. Returns whether this
-/// VM started one.
+/// Whether this VM has a fetch of the provider's keys queued or in flight.
+pub fn in_flight(state: &VmState, provider: usize) -> bool {
+    state.fetches.values().any(|f| f.provider == provider)
+        || state.queued_fetches.iter().any(|(p, _)| *p == provider)
+}
+
+/// Takes the fetch lease if no worker is fetching and the lease allows it now, and queues the
+/// fetch for the root context (`dispatch_queued`). Returns whether this VM will fetch.
 pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u64) -> bool {
     let Some((name, remote)) = remote_of(state, provider) else {
         return false;
     };
-    if state.fetches.values().any(|p| *p == provider) {
+    if in_flight(state, provider) {
         return false;
     }
     let key = lease_key(&name, &remote);
@@ -96,6 +102,23 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
     if let Some(view) = state.keys.remote_mut(provider) {
         view.lease = taken;
     }
+    state.queued_fetches.push((provider, reason));
+    let _ = hostcalls::set_tick_period(DISPATCH_TICK);
+    true
+}
+
+/// Dispatches the queued fetches. Called from the root context's tick only, so each answer
+/// comes back to the root context, which lives as long as the VM.
+pub fn dispatch_queued(state: &mut VmState, now_ms: u64) {
+    for (provider, reason) in std::mem::take(&mut state.queued_fetches) {
+        dispatch(state, provider, reason, now_ms);
+    }
+}
+
+fn dispatch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u64) {
+    let Some((name, remote)) = remote_of(state, provider) else {
+        return;
+    };
     let headers = vec![
         (":method", "GET"),
         (":path", remote.path.as_str()),
@@ -109,8 +132,17 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
                 remote.uri
             );
             state.metrics.increment("meshguard_jwks_fetches_total");
-            state.fetches.insert(token, provider);
-            true
+            let timeout_ms = u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX);
+            let deadline_ms = now_ms
+                .saturating_add(timeout_ms)
+                .saturating_add(LEASE_MARGIN_MS);
+            state.fetches.insert(
+                token,
+                InFlightFetch {
+                    provider,
+                    deadline_ms,
+                },
+            );
         }
         Err(status) => {
             warn!(
@@ -118,9 +150,28 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
                 remote.cluster
             );
             record_outcome(state, provider, false, now_ms);
-            false
         }
     }
+}
+
+/// Counts as failed every fetch whose answer is overdue (its timeout plus `LEASE_MARGIN_MS`),
+/// so that a lost answer never blocks the provider for good. Returns whether any was.
+pub fn expire_fetches(state: &mut VmState, now_ms: u64) -> bool {
+    let overdue: Vec<u32> = state
+        .fetches
+        .iter()
+        .filter(|(_, fetch)| fetch.deadline_ms <= now_ms)
+        .map(|(token, _)| *token)
+        .collect();
+    for token in &overdue {
+        if let Some(fetch) = state.fetches.remove(token) {
+            if let Some((name, _)) = remote_of(state, fetch.provider) {
+                warn!("provider {name}: JWKS fetch unanswered past its deadline; counted failed");
+            }
+            record_outcome(state, fetch.provider, false, now_ms);
+        }
+    }
+    !overdue.is_empty()
 }
 
 /// Whether `token` is one of this VM's JWKS fetches.
@@ -135,7 +186,7 @@ pub fn finish_fetch(
     body_size: usize,
     now_ms: u64,
 ) -> Option<usize> {
-    let provider = state.fetches.remove(&token)?;
+    let provider = state.fetches.remove(&token)?.provider;
     let (name, remote) = remote_of(state, provider)?;
     // As bytes: the IdP's reply may carry anything, and the SDK's `String` reader traps on it.
     let status = header_value(MapType::HttpCallResponseHeaders, ":status");

@@ -92,7 +92,11 @@ impl RootContext for MeshguardRoot {
             return;
         };
         if let Ok(mut st) = state.try_borrow_mut() {
-            jwks::on_tick(&mut st, now_ms());
+            let now = now_ms();
+            jwks::expire_fetches(&mut st, now);
+            jwks::on_tick(&mut st, now);
+            // Fetches queued by streams (or just now) go out from here: answered to the root.
+            jwks::dispatch_queued(&mut st, now);
             st.metrics.flush();
         }
         resume_waiters(&state, self.context_id);

@@ -34,6 +34,14 @@ pub struct Delayed {
     pub limits: Vec<PolicyOutcome>,
 }
 
+/// A JWKS fetch this VM dispatched (from its root context, so no stream's end cancels it).
+pub struct InFlightFetch {
+    pub provider: usize,
+    /// Envoy answers by the fetch's timeout; past this the VM counts it failed and may fetch
+    /// again, whatever became of the answer.
+    pub deadline_ms: u64,
+}
+
 /// A request waiting for the rate-limit service's answers.
 pub struct GlobalWait {
     pub pending: PendingGlobal,
@@ -59,8 +67,12 @@ pub struct VmState {
     pub response_headers: HashMap<u32, Vec<(String, String)>>,
     /// gRPC call token -> (context id, index of the check).
     pub global_calls: HashMap<u32, (u32, usize)>,
-    /// HTTP call token -> provider index, for JWKS fetches this VM started.
-    pub fetches: HashMap<u32, usize>,
+    /// HTTP call token -> the JWKS fetch this VM dispatched.
+    pub fetches: HashMap<u32, InFlightFetch>,
+    /// Providers whose fetch lease this VM took, to be dispatched by the root context's next
+    /// tick: a call dispatched from a stream's context is answered to that stream, and dropped
+    /// by the SDK (and cancelled by Envoy) once the stream is gone.
+    pub queued_fetches: Vec<(usize, crate::auth::remote::FetchReason)>,
 }
 
 impl VmState {
@@ -79,6 +91,7 @@ impl VmState {
             metrics: Metrics::default(),
             verdicts: HashMap::new(),
             fetches: HashMap::new(),
+            queued_fetches: Vec::new(),
         }
     }
 
@@ -107,6 +120,9 @@ impl VmState {
         if !self.waiters.is_empty() {
             period = WAITING_TICK;
         }
+        if !self.queued_fetches.is_empty() {
+            period = DISPATCH_TICK;
+        }
         if let Some(due) = self.delayed.iter().map(|d| d.due_ms).min() {
             let until = Duration::from_millis(due.saturating_sub(now_ms).max(1));
             period = period.min(until);
@@ -127,3 +143,5 @@ pub fn now_ms() -> u64 {
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// While requests wait for keys fetched by another worker, check shared data this often.
 pub const WAITING_TICK: Duration = Duration::from_millis(10);
+/// A fetch queued by a stream is dispatched by the root context this soon.
+pub const DISPATCH_TICK: Duration = Duration::from_millis(1);
