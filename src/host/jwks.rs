@@ -62,6 +62,9 @@ pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
     changed
 }
 
+/// Lease updates lost to other workers' writes are retried this often (each retry re-reads).
+const LEASE_CAS_ATTEMPTS: usize = 4;
+
 /// Whether this VM has a fetch of the provider's keys queued or in flight.
 pub fn in_flight(state: &VmState, provider: usize) -> bool {
     state.fetches.values().any(|f| f.provider == provider)
@@ -78,27 +81,39 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
         return false;
     }
     let key = lease_key(&name, &remote);
-    let (mut lease, mut cas) = read_lease(&key);
-    if cas.is_none() {
-        // Create the lease so that taking it below is a compare-and-swap.
-        let _ = hostcalls::set_shared_data(&key, Some(&lease.encode()), None);
-        (lease, cas) = read_lease(&key);
-    }
-    if let Some(view) = state.keys.remote_mut(provider) {
-        view.lease = lease;
-    }
     let timeout_ms = u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX);
-    let Some(taken) = lease.try_start(now_ms, timeout_ms, reason) else {
-        return false;
-    };
-    match hostcalls::set_shared_data(&key, Some(&taken.encode()), cas) {
-        Ok(()) => {}
-        Err(Status::CasMismatch) => return false,
-        Err(status) => {
-            warn!("provider {name}: cannot write the JWKS fetch lease: {status:?}");
+    let mut taken = None;
+    // A lost compare-and-swap means another worker just wrote the lease (most likely took it
+    // for the same rotation): read it again, so this VM sees that fetch as under way and its
+    // request waits for it rather than being refused for want of keys.
+    for _ in 0..LEASE_CAS_ATTEMPTS {
+        let (mut lease, mut cas) = read_lease(&key);
+        if cas.is_none() {
+            // Create the lease so that taking it below is a compare-and-swap.
+            let _ = hostcalls::set_shared_data(&key, Some(&lease.encode()), None);
+            (lease, cas) = read_lease(&key);
+        }
+        if let Some(view) = state.keys.remote_mut(provider) {
+            view.lease = lease;
+        }
+        let Some(wanted) = lease.try_start(now_ms, timeout_ms, reason) else {
             return false;
+        };
+        match hostcalls::set_shared_data(&key, Some(&wanted.encode()), cas) {
+            Ok(()) => {
+                taken = Some(wanted);
+                break;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                warn!("provider {name}: cannot write the JWKS fetch lease: {status:?}");
+                return false;
+            }
         }
     }
+    let Some(taken) = taken else {
+        return false;
+    };
     if let Some(view) = state.keys.remote_mut(provider) {
         view.lease = taken;
     }
