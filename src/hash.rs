@@ -1,5 +1,6 @@
-//! A stable hash: the same value on every Envoy worker's VM and across restarts (a seeded
-//! hasher would not be), for rate-limit slots and access-log sampling.
+//! A stable, unkeyed hash: the same value on every Envoy worker's VM and across restarts, for
+//! access-log sampling. Not for anything a client could aim at: rate-limit slots use a keyed
+//! SipHash (`ratelimit::slots`), since anyone can compute this one.
 
 /// FNV-1a over `parts`, each followed by a separator byte so `["ab", "c"]` ≠ `["a", "bc"]`.
 pub fn fnv1a(parts: &[&[u8]]) -> u64 {

@@ -9,6 +9,7 @@ mod http;
 mod jwks;
 mod metrics;
 mod root;
+mod seed;
 mod state;
 
 use proxy_wasm::types::LogLevel;

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
-use super::buckets::create_slots;
+use super::buckets::HostBuckets;
 use super::crypto::{detect_host_crypto, HostVerifier};
 use super::http::{
     on_call_response, on_grpc_response, resume_delayed, resume_waiters, MeshguardHttp, Unconfigured,
@@ -80,8 +80,14 @@ impl RootContext for MeshguardRoot {
                 "in Wasm (jwt-simple); the host has no verify_signature"
             }
         );
-        create_slots(&config);
-        let state = VmState::new(config, HostVerifier { host_crypto });
+        let buckets = match HostBuckets::for_config(&config) {
+            Ok(buckets) => buckets,
+            Err(err) => {
+                error!("configuration refused: {err}");
+                return false;
+            }
+        };
+        let state = VmState::new(config, HostVerifier { host_crypto }, buckets);
         let _ = hostcalls::set_tick_period(state.tick_period(now_ms()));
         self.state = Some(Rc::new(RefCell::new(state)));
         true
@@ -97,6 +103,7 @@ impl RootContext for MeshguardRoot {
             jwks::on_tick(&mut st, now);
             // Fetches queued by streams (or just now) go out from here: answered to the root.
             jwks::dispatch_queued(&mut st, now);
+            st.buckets.recheck_seed();
             st.metrics.flush();
         }
         resume_waiters(&state, self.context_id);

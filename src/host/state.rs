@@ -76,7 +76,7 @@ pub struct VmState {
 }
 
 impl VmState {
-    pub fn new(config: Config, verifier: HostVerifier) -> VmState {
+    pub fn new(config: Config, verifier: HostVerifier, buckets: HostBuckets) -> VmState {
         VmState {
             keys: KeyStore::new(&config),
             config: Rc::new(config),
@@ -84,7 +84,7 @@ impl VmState {
             verifier,
             waiters: Vec::new(),
             delayed: Vec::new(),
-            buckets: HostBuckets,
+            buckets,
             global: HashMap::new(),
             global_calls: HashMap::new(),
             response_headers: HashMap::new(),

@@ -10,11 +10,13 @@ pub mod slots;
 
 use bucket::{Take, TakeMode};
 use key::{build_key, KeyFacts};
+use slots::{PaidBy, SlotSeed};
 
 use crate::config::{Config, Limit, LimitMode, RateLimitPolicy, TokenBucket};
 
 /// Buckets shared by every worker.
 pub trait BucketStore {
+    /// Takes a token for `key`; says which bucket paid, for a refund.
     fn take(
         &mut self,
         policy: &RateLimitPolicy,
@@ -22,8 +24,14 @@ pub trait BucketStore {
         key: &str,
         now_ms: u64,
         mode: TakeMode,
-    ) -> Take;
-    fn refund(&mut self, policy: &RateLimitPolicy, bucket: &TokenBucket, key: &str);
+    ) -> (Take, PaidBy);
+    fn refund(
+        &mut self,
+        policy: &RateLimitPolicy,
+        bucket: &TokenBucket,
+        key: &str,
+        paid_by: PaidBy,
+    );
 }
 
 /// What a policy advertises in `RateLimit-Policy`: `q` requests per `w` seconds.
@@ -52,6 +60,8 @@ pub struct PolicyOutcome {
     pub policy: usize,
     pub key: String,
     pub take: Take,
+    /// The local bucket that paid, where a refund goes; `None` for a rate-limit service's count.
+    pub paid_by: Option<PaidBy>,
     pub shadow: bool,
     /// `None` when a rate-limit service did not say.
     pub quota: Option<Quota>,
@@ -123,11 +133,12 @@ pub fn apply(
             continue;
         };
         let key = build_key(&policy.key, facts);
-        let take = store.take(policy, bucket, &key, now_ms, take_mode(policy));
+        let (take, paid_by) = store.take(policy, bucket, &key, now_ms, take_mode(policy));
         outcomes.push(PolicyOutcome {
             policy: index,
             key,
             take,
+            paid_by: Some(paid_by),
             shadow: policy.shadow,
             quota: Some(Quota::of_bucket(bucket)),
         });
@@ -228,6 +239,7 @@ pub fn combine(
                     policy: check.policy,
                     key: check.key.clone(),
                     take,
+                    paid_by: None,
                     shadow: policy.shadow,
                     quota: answer
                         .limit
@@ -251,9 +263,12 @@ pub fn combine(
 }
 
 fn refund(config: &Config, outcome: &PolicyOutcome, store: &mut dyn BucketStore) {
+    let Some(paid_by) = outcome.paid_by else {
+        return;
+    };
     if let Some(policy) = config.rate_limits.get(outcome.policy) {
         if let Limit::Local(bucket) = &policy.limit {
-            store.refund(policy, bucket, &outcome.key);
+            store.refund(policy, bucket, &outcome.key, paid_by);
         }
     }
 }
@@ -269,9 +284,20 @@ pub fn release(config: &Config, outcomes: &[PolicyOutcome], store: &mut dyn Buck
 }
 
 /// Buckets in one process's memory: for tests and the native tools.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBuckets {
+    seed: SlotSeed,
     slots: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Default for MemoryBuckets {
+    /// A fixed seed: no client reaches these buckets, and runs place keys alike.
+    fn default() -> MemoryBuckets {
+        MemoryBuckets {
+            seed: SlotSeed::new([0; slots::SEED_BYTES]),
+            slots: std::collections::HashMap::new(),
+        }
+    }
 }
 
 impl BucketStore for MemoryBuckets {
@@ -282,22 +308,33 @@ impl BucketStore for MemoryBuckets {
         key: &str,
         now_ms: u64,
         mode: TakeMode,
-    ) -> Take {
-        let name = slots::slot_name(&policy.name, key);
-        let current = self.slots.get(&name).cloned().unwrap_or_default();
-        let (value, take) = slots::take_in_slot(&current, key, bucket, now_ms, mode);
-        self.slots.insert(name, value);
-        take
+    ) -> (Take, PaidBy) {
+        let address = slots::locate(&self.seed, &policy.name, key);
+        let current = self
+            .slots
+            .get(&address.slot_name)
+            .cloned()
+            .unwrap_or_default();
+        let (value, take, paid_by) =
+            slots::take_in_slot(&current, &address.key, bucket, now_ms, mode);
+        self.slots.insert(address.slot_name, value);
+        (take, paid_by)
     }
 
-    fn refund(&mut self, policy: &RateLimitPolicy, bucket: &TokenBucket, key: &str) {
-        let name = slots::slot_name(&policy.name, key);
+    fn refund(
+        &mut self,
+        policy: &RateLimitPolicy,
+        bucket: &TokenBucket,
+        key: &str,
+        paid_by: PaidBy,
+    ) {
+        let address = slots::locate(&self.seed, &policy.name, key);
         if let Some(value) = self
             .slots
-            .get(&name)
-            .and_then(|current| slots::refund_in_slot(current, key, bucket))
+            .get(&address.slot_name)
+            .and_then(|current| slots::refund_in_slot(current, &address.key, paid_by, bucket))
         {
-            self.slots.insert(name, value);
+            self.slots.insert(address.slot_name, value);
         }
     }
 }
