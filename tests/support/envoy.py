@@ -3,6 +3,7 @@ meshguard loaded, on loopback ports, and talks to it."""
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -44,6 +45,19 @@ def static_cluster(name, port, http2=False):
             }
         }
     return cluster
+
+
+# Envoy's failure policies for the Wasm filter (PluginConfig `failure_policy`, Istio's
+# `failStrategy`): what Envoy does once the VM has failed. FAIL_RELOAD with a short back-off, so
+# the tests need not wait Envoy's default second.
+FAIL_CLOSED = {"failure_policy": "FAIL_CLOSED"}
+FAIL_OPEN = {"failure_policy": "FAIL_OPEN"}
+FAIL_RELOAD = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+FAILURE_POLICIES = {"FAIL_CLOSED": FAIL_CLOSED, "FAIL_OPEN": FAIL_OPEN, "FAIL_RELOAD": FAIL_RELOAD}
+
+# What Envoy logs when the filter's VM fails: the Rust panic message, the trap it becomes, and
+# the failed callback ("Function: proxy_on_request_headers failed: Uncaught RuntimeError").
+VM_FAILURE = re.compile(r"panicked at|RuntimeError|Function: proxy_on_\w+ failed")
 
 
 def meshguard_wasm(plugin_config, wasm=WASM, plugin_options=None):
@@ -232,6 +246,10 @@ class Envoy:
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def vm_failures(self):
+        """The lines of Envoy's log that say the filter's VM failed (none, if all is well)."""
+        return [line for line in self.log().splitlines() if VM_FAILURE.search(line)]
 
     def url(self, path):
         return f"http://127.0.0.1:{self.listener_port}{path}"
