@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
 from .servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_BIN = Path(os.environ.get("MESHGUARD_ENVOY", REPO / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("MESHGUARD_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshguard.wasm"))
+# The Envoy configuration `make run` and the Compose file ship.
+SHIPPED_CONFIG = REPO / "envoy" / "envoy.yaml"
 
 
 def wait_for(predicate, timeout=10, interval=0.05):
@@ -181,6 +184,28 @@ class Envoy:
         self.concurrency = concurrency
         self.process = None
         self.session = requests.Session()
+
+    @classmethod
+    def shipped(cls, clusters, workdir):
+        """Envoy running envoy/envoy.yaml as shipped, moved onto this test's ports: its
+        listener and admin on free ports, each cluster on the port `clusters` names, its
+        access log in `workdir`, the filter from `WASM`."""
+        envoy = cls(None, {}, workdir, http_filters=[])
+        config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+        config["admin"]["address"]["socket_address"]["port_value"] = envoy.admin_port
+        listener = config["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["port_value"] = envoy.listener_port
+        for cluster in config["static_resources"]["clusters"]:
+            for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = clusters[cluster["name"]]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for access_log in hcm.get("access_log", []):
+            access_log["typed_config"]["path"] = str(envoy.workdir / "access.log")
+        for http_filter in hcm["http_filters"]:
+            if http_filter["name"] == "envoy.filters.http.wasm":
+                http_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        envoy.config_path.write_text(json.dumps(config, indent=1))
+        return envoy
 
     def _spawn(self):
         # Flush the log often: tests read it while Envoy runs.
