@@ -58,6 +58,11 @@ FAIL_OPEN = {"failure_policy": "FAIL_OPEN"}
 FAIL_RELOAD = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
 FAILURE_POLICIES = {"FAIL_CLOSED": FAIL_CLOSED, "FAIL_OPEN": FAIL_OPEN, "FAIL_RELOAD": FAIL_RELOAD}
 
+# An HTTP/2 connection whose headers Envoy's codec refuses ends after the HTTP connection
+# manager's `delayed_close_timeout` (1 s by default) with nothing sent: tests that send many such
+# requests have Envoy close it at once.
+QUICK_CLOSE = {"delayed_close_timeout": "0.1s"}
+
 # What Envoy logs when the filter's VM fails: the Rust panic message, the trap it becomes, and
 # the failed callback ("Function: proxy_on_request_headers failed: Uncaught RuntimeError").
 VM_FAILURE = re.compile(r"panicked at|RuntimeError|Function: proxy_on_\w+ failed")
@@ -125,7 +130,7 @@ MESHGUARD_STATS_TAGS = [
 ]
 
 
-def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None):
+def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None, hcm_options=None):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     route = {"match": {"prefix": "/"}}
     if direct_response:
@@ -144,6 +149,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
     }
     if access_log:
         hcm["access_log"] = access_log
+    hcm.update(hcm_options or {})
     return {
         # Dynamic config (ECDS) needs to know who is asking, as a sidecar would tell istiod.
         "node": {"id": "meshguard-test", "cluster": "meshguard"},
@@ -165,7 +171,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
 class Envoy:
     """One Envoy process. `clusters` maps cluster name to a loopback port."""
 
-    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None, access_log=None):
+    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None, access_log=None, hcm_options=None):
         self.listener_port = free_port()
         self.admin_port = free_port()
         self.workdir = Path(workdir)
@@ -177,7 +183,7 @@ class Envoy:
             for name, spec in clusters.items()
         ]
         self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
-        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response, access_log)
+        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response, access_log, hcm_options)
         self.config_path.write_text(json.dumps(config, indent=1))
         self.cpu = cpu
         self.log_path = self.workdir / f"envoy-{self.listener_port}.log"

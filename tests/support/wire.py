@@ -335,8 +335,7 @@ PROTOCOLS = {"http1": Http1, "http2": Http2}
 
 def send_all(port, requests, protocol="http1", connections=4):
     """Sends `requests` over `connections` kept-alive connections at once (one thread each) and
-    returns the responses in the order of `requests`. Parallel connections also hide Envoy's
-    delayed close: an HTTP/2 connection whose headers the codec refused ends a second later."""
+    returns the responses in the order of `requests`."""
     requests = list(requests)
     responses = [None] * len(requests)
     lock = threading.Lock()
