@@ -9,7 +9,7 @@ import json
 import time
 
 from support.envoy import Envoy
-from support.jose import ISSUER, Signer, jwks
+from support.jose import ISSUER, Signer, bearer, jwks
 
 # The claims exactly as the token carries them (`1.0` and `1e2` written so, not as Python would).
 CLAIMS = {"s": '"a"', "i": "-5", "f": "1.5", "one": "1.0", "big": "1e2", "b": "true", "arr": '["a","b"]', "obj": '{"k":"v"}', "mixed": '["a",1]'}
@@ -32,7 +32,7 @@ def jwt_authn_filter(signer):
 
 
 def upstream_claims(envoy, token):
-    response = envoy.get("/orders", {"authorization": f"Bearer {token}"})
+    response = envoy.get("/orders", dict([bearer(token)]))
     assert response.status_code == 200, response.text
     headers = response.json()["headers"]
     return {name: (headers.get(f"x-claim-{name}") or [None])[0] for name in MESHGUARD_RENDERS}

@@ -270,7 +270,7 @@ def test_a_client_x_user_with_an_underscore_never_reaches_the_upstream(ruled_env
     # Envoy's default (headers_with_underscores_action ALLOW) passes x_user on, and an upstream
     # that reads headers loosely takes it for x-user: meshguard removes it as it removes x-user.
     token = signers["ES256"].sign()
-    sent = [("host", "svc"), ("authorization", f"Bearer {token}"), ("x_user", "root"), ("x-user", "root")]
+    sent = [("host", "svc"), ("x_user", "root"), ("x-user", "root")] + bearer(token)
     [response] = send_all(ruled_envoy.listener_port, [Request("GET", "/t/orders", sent)])
     seen = response.upstream_echo()
     assert seen is not None, response.describe()
@@ -293,7 +293,7 @@ def test_tokens_never_reach_the_access_log(ruled_envoy, signers):
     sent = {
         "verified": [("x-jwt", tokens["verified"])],
         "refused": [("x-jwt", forged)],
-        "beside": [("x-jwt", tokens["verified"]), ("authorization", f"Bearer {tokens['in-authorization']}")],
+        "beside": [("x-jwt", tokens["verified"])] + bearer(tokens["in-authorization"]),
         "cookie": [("x-jwt", tokens["verified"]), ("cookie", f"session={tokens['in-cookie']}")],
     }
     requests = [Request("GET", "/t/orders", [("host", "svc"), ("user-agent", f"agent-{name}"), ("x-request-id", f"secret-{name}")] + headers) for name, headers in sent.items()]
@@ -317,7 +317,7 @@ def test_tokens_with_odd_claim_types_get_the_same_status_whatever_the_algorithm(
     for alg in PARITY_ALGORITHMS:
         signer = signers[alg]
         token = signer.sign(claims={"iat": "yesterday", "jti": 7, "nonce": 7}, headers={"cty": 5, "jwk": signer.jwk})
-        [statuses_by_alg[alg]] = statuses(ruled_envoy, Request("GET", "/t/orders", [("host", "svc"), ("authorization", f"Bearer {token}")]))
+        [statuses_by_alg[alg]] = statuses(ruled_envoy, Request("GET", "/t/orders", [("host", "svc")] + bearer(token)))
     assert statuses_by_alg == {alg: 200 for alg in PARITY_ALGORITHMS}
 
 

@@ -58,6 +58,11 @@ class Signer:
         return jwt.api_jws.encode(payload, self.private, algorithm=self.alg, headers={"kid": self.kid, **(headers or {})})
 
 
+def bearer(token):
+    """The header that carries `token` as Envoy's jwt_authn and meshguard look for it first."""
+    return ("authorization", f"Bearer {token}")
+
+
 def b64url(data):
     """base64url without padding, as JOSE writes it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -344,7 +344,7 @@ class Fuzzer:
         if response.status >= 500:
             return f"a {response.status} from meshguard" if reply is not None else None  # Envoy's or the upstream's
         body = response.body.decode("latin-1")
-        if any(payload in body for payload in self.target.payloads) and response.upstream_echo() is None:
+        if reply is not None and any(payload in body for payload in self.target.payloads):
             return "a token in a refusal's body"
         seen = response.upstream_echo()
         if seen is not None:
