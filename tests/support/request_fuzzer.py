@@ -12,7 +12,7 @@ The oracle, for every request:
   a 403 that has a challenge, `Retry-After` and the rate-limit headers on a 429, no token part
   in the body;
 - what reaches the upstream carries no client-sent copy of a header meshguard writes (`x-user`,
-  its underscore twin `x_user`, `x-jwt-payload`);
+  `x-jwt-payload`), nor of their underscore twins (`x_user`, `x_jwt_payload`);
 - Envoy's codec refusing a request before any filter runs is recognised as such, and fine;
 and, at the end, Envoy's log shows no VM failure.
 
@@ -59,8 +59,9 @@ CONNECTION_SPECIFIC = {b"connection", b"upgrade", b"te", b"keep-alive", b"proxy-
 # Headers that frame an HTTP/1.1 message: sent at random they would leave Envoy waiting for a
 # body that never comes (a hang of the client, not a finding).
 FRAMING = {b"content-length", b"transfer-encoding"}
-# meshguard writes these upstream; a client's copy must never get there.
-WRITTEN = {"x-user", "x_user", "x-jwt-payload"}
+# meshguard writes these upstream; a client's copy must never get there, nor one under the
+# underscore twin of the name (an upstream reading headers loosely takes x_user for x-user).
+WRITTEN = {"x-user", "x_user", "x-jwt-payload", "x_jwt_payload"}
 SUBJECTS = ["alice", "bob"]
 # Status -> the `error` of meshguard's local reply.
 REFUSALS = {401: "unauthenticated", 403: "forbidden", 429: "rate_limited"}
@@ -105,7 +106,8 @@ class Target:
         self.envoy = Envoy(plugin_config(signers), {"upstream": upstream_port}, workdir, hcm_options=QUICK_CLOSE)
         now = int(time.time())
         stranger = Signer("ES256")
-        self.tokens = [signer.sign(sub=sub) for signer in signers for sub in SUBJECTS]
+        # Valid for a day: a long run never sees them expire.
+        self.tokens = [signer.sign(sub=sub, exp=now + 86400) for signer in signers for sub in SUBJECTS]
         self.tokens += [
             signers[0].sign(exp=now - 3600),  # expired
             signers[0].sign(aud="another-api"),  # 403
