@@ -7,14 +7,12 @@ when a request carries `x-meshguard-test-trap`. Envoy's `failure_policy` (Istio'
 
 import pytest
 
-from support.envoy import REPO, Envoy, meshguard_filter, wait_for
+from support.envoy import FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD, REPO, Envoy, meshguard_filter, wait_for
 from support.jose import ISSUER, Signer, jwks
 from support.servers import Idp
 
 TRAP_WASM = REPO / "target" / "test-trap" / "wasm32-wasip1" / "release" / "meshguard.wasm"
 TRAP = {"x-meshguard-test-trap": "1"}
-# FAIL_RELOAD with a short back-off, so the tests need not wait Envoy's default second.
-RELOAD_FAST = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ def reached_upstream(response):
 
 
 def test_the_trap_build_works_like_the_real_filter_until_told_to_trap(tmp_path, upstream, signer):
-    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_CLOSED"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), FAIL_CLOSED) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         allowed = envoy.get("/orders", token)
         assert reached_upstream(allowed) and allowed.json()["headers"]["x-user"] == ["alice"]
@@ -63,7 +61,7 @@ def test_the_trap_build_works_like_the_real_filter_until_told_to_trap(tmp_path, 
 
 
 def test_fail_closed_refuses_every_later_request(tmp_path, upstream, signer):
-    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_CLOSED"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), FAIL_CLOSED) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert envoy.get("/orders", token).status_code == 200
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -76,7 +74,7 @@ def test_fail_closed_refuses_every_later_request(tmp_path, upstream, signer):
 def test_fail_open_passes_later_requests_without_the_filter(tmp_path, upstream, signer):
     # Why FAIL_OPEN must never guard auth: once the VM is gone, a request with no token
     # reaches the service, and nothing strips client-sent identity headers.
-    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), {"failure_policy": "FAIL_OPEN"}) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), FAIL_OPEN) as envoy:
         assert envoy.get("/orders").status_code == 401
         assert envoy.get("/orders", TRAP).status_code == 503
         response = envoy.get("/orders", {"x-user": "mallory"})
@@ -85,7 +83,7 @@ def test_fail_open_passes_later_requests_without_the_filter(tmp_path, upstream, 
 
 
 def test_fail_reload_starts_a_new_vm_for_later_requests(tmp_path, upstream, signer):
-    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), RELOAD_FAST) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, auth_config(signer), FAIL_RELOAD) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert envoy.get("/orders", token).status_code == 200
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -107,7 +105,7 @@ def test_rate_limit_buckets_outlive_a_reloaded_vm(tmp_path, upstream, signer):
     config = auth_config(signer)
     config["rate_limits"] = {"per_user": {"key": "claim:sub", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1h"}}}
     config["rules"][0]["rate_limits"] = ["per_user"]
-    with trap_envoy(tmp_path, {"upstream": upstream.port}, config, RELOAD_FAST) as envoy:
+    with trap_envoy(tmp_path, {"upstream": upstream.port}, config, FAIL_RELOAD) as envoy:
         token = {"authorization": f"Bearer {signer.sign()}"}
         assert [envoy.get("/orders", token).status_code for _ in range(3)] == [200, 200, 429]
         assert envoy.get("/orders", TRAP).status_code == 503
@@ -122,7 +120,7 @@ def test_a_reloaded_vm_takes_the_fetched_keys_from_shared_data(tmp_path, upstrea
         config = auth_config(signer)
         config["providers"]["corp"].pop("local_jwks")
         config["providers"]["corp"]["remote_jwks"] = {"cluster": "idp", "uri": "http://idp.meshguard.test/jwks.json", "timeout": "1s", "cache_duration": "10m"}
-        with trap_envoy(tmp_path, {"upstream": upstream.port, "idp": idp.port}, config, RELOAD_FAST) as envoy:
+        with trap_envoy(tmp_path, {"upstream": upstream.port, "idp": idp.port}, config, FAIL_RELOAD) as envoy:
             token = {"authorization": f"Bearer {signer.sign()}"}
             assert envoy.get("/orders", token).status_code == 200
             assert envoy.get("/orders", TRAP).status_code == 503

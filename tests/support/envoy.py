@@ -3,17 +3,21 @@ meshguard loaded, on loopback ports, and talks to it."""
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+import yaml
 
 from .servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_BIN = Path(os.environ.get("MESHGUARD_ENVOY", REPO / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("MESHGUARD_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshguard.wasm"))
+# The Envoy configuration `make run` and the Compose file ship.
+SHIPPED_CONFIG = REPO / "envoy" / "envoy.yaml"
 
 
 def wait_for(predicate, timeout=10, interval=0.05):
@@ -44,6 +48,24 @@ def static_cluster(name, port, http2=False):
             }
         }
     return cluster
+
+
+# Envoy's failure policies for the Wasm filter (PluginConfig `failure_policy`, Istio's
+# `failStrategy`): what Envoy does once the VM has failed. FAIL_RELOAD with a short back-off, so
+# the tests need not wait Envoy's default second.
+FAIL_CLOSED = {"failure_policy": "FAIL_CLOSED"}
+FAIL_OPEN = {"failure_policy": "FAIL_OPEN"}
+FAIL_RELOAD = {"failure_policy": "FAIL_RELOAD", "reload_config": {"backoff": {"base_interval": "0.1s", "max_interval": "0.5s"}}}
+FAILURE_POLICIES = {"FAIL_CLOSED": FAIL_CLOSED, "FAIL_OPEN": FAIL_OPEN, "FAIL_RELOAD": FAIL_RELOAD}
+
+# An HTTP/2 connection whose headers Envoy's codec refuses ends after the HTTP connection
+# manager's `delayed_close_timeout` (1 s by default) with nothing sent: tests that send many such
+# requests have Envoy close it at once.
+QUICK_CLOSE = {"delayed_close_timeout": "0.1s"}
+
+# What Envoy logs when the filter's VM fails: the Rust panic message, the trap it becomes, and
+# the failed callback ("Function: proxy_on_request_headers failed: Uncaught RuntimeError").
+VM_FAILURE = re.compile(r"panicked at|RuntimeError|Function: proxy_on_\w+ failed")
 
 
 def meshguard_wasm(plugin_config, wasm=WASM, plugin_options=None):
@@ -108,7 +130,7 @@ MESHGUARD_STATS_TAGS = [
 ]
 
 
-def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None):
+def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None, hcm_options=None):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     route = {"match": {"prefix": "/"}}
     if direct_response:
@@ -127,6 +149,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
     }
     if access_log:
         hcm["access_log"] = access_log
+    hcm.update(hcm_options or {})
     return {
         # Dynamic config (ECDS) needs to know who is asking, as a sidecar would tell istiod.
         "node": {"id": "meshguard-test", "cluster": "meshguard"},
@@ -148,7 +171,7 @@ def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response
 class Envoy:
     """One Envoy process. `clusters` maps cluster name to a loopback port."""
 
-    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None, access_log=None):
+    def __init__(self, plugin_config, clusters, workdir, concurrency=2, http_filters=None, direct_response=False, cpu=None, access_log=None, hcm_options=None):
         self.listener_port = free_port()
         self.admin_port = free_port()
         self.workdir = Path(workdir)
@@ -160,13 +183,35 @@ class Envoy:
             for name, spec in clusters.items()
         ]
         self.config_path = self.workdir / f"envoy-{self.listener_port}.json"
-        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response, access_log)
+        config = bootstrap(filters, cluster_list, self.listener_port, self.admin_port, direct_response, access_log, hcm_options)
         self.config_path.write_text(json.dumps(config, indent=1))
         self.cpu = cpu
         self.log_path = self.workdir / f"envoy-{self.listener_port}.log"
         self.concurrency = concurrency
         self.process = None
         self.session = requests.Session()
+
+    @classmethod
+    def shipped(cls, clusters, workdir):
+        """Envoy running envoy/envoy.yaml as shipped, moved onto this test's ports: its
+        listener and admin on free ports, each cluster on the port `clusters` names, its
+        access log in `workdir`, the filter from `WASM`."""
+        envoy = cls(None, {}, workdir, http_filters=[])
+        config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+        config["admin"]["address"]["socket_address"]["port_value"] = envoy.admin_port
+        listener = config["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["port_value"] = envoy.listener_port
+        for cluster in config["static_resources"]["clusters"]:
+            for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = clusters[cluster["name"]]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for access_log in hcm.get("access_log", []):
+            access_log["typed_config"]["path"] = str(envoy.workdir / "access.log")
+        for http_filter in hcm["http_filters"]:
+            if http_filter["name"] == "envoy.filters.http.wasm":
+                http_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        envoy.config_path.write_text(json.dumps(config, indent=1))
+        return envoy
 
     def _spawn(self):
         # Flush the log often: tests read it while Envoy runs.
@@ -232,6 +277,10 @@ class Envoy:
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def vm_failures(self):
+        """The lines of Envoy's log that say the filter's VM failed (none, if all is well)."""
+        return [line for line in self.log().splitlines() if VM_FAILURE.search(line)]
 
     def url(self, path):
         return f"http://127.0.0.1:{self.listener_port}{path}"

@@ -53,6 +53,15 @@ class Signer:
         all_headers = {k: v for k, v in all_headers.items() if v is not None}
         return jwt.encode(payload, self.private, algorithm=self.alg, headers=all_headers)
 
+    def sign_bytes(self, payload, headers=None):
+        """A token over exactly these payload bytes: JSON as written (`1e2` stays `1e2`)."""
+        return jwt.api_jws.encode(payload, self.private, algorithm=self.alg, headers={"kid": self.kid, **(headers or {})})
+
+
+def bearer(token):
+    """The header that carries `token` as Envoy's jwt_authn and meshguard look for it first."""
+    return ("authorization", f"Bearer {token}")
+
 
 def b64url(data):
     """base64url without padding, as JOSE writes it."""

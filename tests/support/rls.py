@@ -13,6 +13,7 @@ import h2.events
 import h2.exceptions
 
 from .servers import free_port
+from .wire import as_bytes
 
 RLS_BIN = Path(__file__).resolve().parent / "rls-server" / "target" / "release" / "meshguard-test-rls"
 
@@ -55,6 +56,11 @@ def rls_server(redis_port, limit, unit="minute"):
     port = free_port()
     command = [str(RLS_BIN), "--listen", f"127.0.0.1:{port}", "--redis", f"redis://127.0.0.1:{redis_port}", "--limit", str(limit), "--unit", unit]
     return Process(command, port)
+
+
+def grpc_frame(payload):
+    """A gRPC length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
 class _Listener:
@@ -103,10 +109,20 @@ class Hostile(_Listener):
     """Something in the rate-limit service's place that answers every call badly. `mode`:
     bytes (not HTTP/2 at all), not grpc (HTTP/2 500 with an HTML page), grpc error (gRPC status
     UNAVAILABLE), bad message (gRPC OK with bytes that are not a RateLimitResponse), truncated
-    (gRPC OK with a frame shorter than it says). `calls` counts the calls answered."""
+    (gRPC OK with a frame shorter than it says); or a well-formed answer, ok or over limit, whose
+    initial and trailing metadata carry `metadata` ([(name, value)], bytes or latin-1 text, sent
+    unchecked). `calls` counts the calls answered."""
 
-    def __init__(self, mode):
+    # RateLimitResponse: overall_code OK; overall_code OVER_LIMIT with one descriptor status
+    # (limit 10 a minute, 0 remaining, reset in 42 s).
+    ANSWERS = {
+        "ok": bytes([0x08, 1]),
+        "over limit": bytes([0x08, 2, 0x12, 14, 0x08, 2, 0x12, 4, 0x08, 10, 0x10, 2, 0x18, 0, 0x22, 2, 0x08, 42]),
+    }
+
+    def __init__(self, mode, metadata=()):
         self.mode = mode
+        self.metadata = list(metadata)
         self.calls = 0
         super().__init__()
 
@@ -121,7 +137,9 @@ class Hostile(_Listener):
                     self.calls += 1
                     conn.sendall(b"\x00\xffnot a protocol\r\n" * 64)
                     return
-                peer = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+                # Outgoing headers unchecked: hostile metadata goes out as given.
+                config = h2.config.H2Configuration(client_side=False, validate_outbound_headers=False, normalize_outbound_headers=False)
+                peer = h2.connection.H2Connection(config=config)
                 peer.initiate_connection()
                 conn.sendall(peer.data_to_send())
                 while data := conn.recv(65535):
@@ -142,9 +160,15 @@ class Hostile(_Listener):
             peer.send_data(stream_id, b"<html><body>upstream error</body></html>", end_stream=True)
         elif self.mode == "grpc error":
             peer.send_headers(stream_id, grpc + [("grpc-status", "14"), ("grpc-message", "overloaded")], end_stream=True)
+        elif self.mode in self.ANSWERS:
+            payload = self.ANSWERS[self.mode]
+            metadata = [(as_bytes(name), as_bytes(value)) for name, value in self.metadata]
+            peer.send_headers(stream_id, grpc + metadata)
+            peer.send_data(stream_id, grpc_frame(payload))
+            peer.send_headers(stream_id, [("grpc-status", "0")] + metadata, end_stream=True)
         else:
             payload = b"\xff" * 12  # a varint that never ends: not a protobuf message
-            frame = b"\x00" + len(payload).to_bytes(4, "big") + payload
+            frame = grpc_frame(payload)
             if self.mode == "truncated":
                 frame = b"\x00" + (1000).to_bytes(4, "big") + payload
             peer.send_headers(stream_id, grpc)

@@ -72,8 +72,9 @@ class _Server:
 
 
 class Upstream(_Server):
-    """Answers every request with the path and headers it received, as JSON; a request with
-    `x-test-delay-ms` is held that long first (a request in flight)."""
+    """Answers every request, whatever its method, with the method, path and headers it
+    received, as JSON; a request with `x-test-delay-ms` is held that long first (a request in
+    flight)."""
 
     def __init__(self, port=None):
         class Echo(_Handler):
@@ -90,9 +91,14 @@ class Upstream(_Server):
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _echo
+            def __getattr__(self, name):
+                # Made-up and lower-case methods too (the request fuzzer sends them).
+                if name.startswith("do_"):
+                    return self._echo
+                raise AttributeError(name)
 
         super().__init__(Echo, port)
 
@@ -100,10 +106,12 @@ class Upstream(_Server):
 class Idp(_Server):
     """Serves `jwks` at any path. `mode`: healthy, slow (sleeps `delay` s), garbage (HTML),
     error (500), empty (no usable keys), huge (a 10 MB document), body (serves `body` as
-    application/json). `fetches` counts requests."""
+    application/json). `headers` ([(name, value)], values sent as latin-1, byte for byte) go on
+    every answer and replace a header of the same name. `fetches` counts requests."""
 
     def __init__(self, jwks, port=None):
         self.jwks = jwks
+        self.headers = []
         self.mode = "healthy"
         self.delay = 0.0
         self.body = b""
@@ -130,10 +138,15 @@ class Idp(_Server):
                     body = b'{"padding":"' + b"x" * (10 * 2**20) + b'",' + idp.jwks.encode()[1:]
                 elif mode == "body":
                     body = idp.body
+                extra = list(idp.headers)
+                replaced = {name.lower() for name, _ in extra}
                 try:
                     self.send_response(status)
-                    self.send_header("content-type", ctype)
+                    if "content-type" not in replaced:
+                        self.send_header("content-type", ctype)
                     self.send_header("content-length", str(len(body)))
+                    for name, value in extra:
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
