@@ -38,11 +38,14 @@ cli: setup
 integration: wasm trap-wasm rls-server cli
 	$(PYTEST) -q tests
 
-# Every parser that sees outside input, under libFuzzer (cargo fuzz, nightly toolchain).
-# `make fuzz` runs each target FUZZ_SECONDS (default 300) and grows fuzz/corpus/; `make test`
-# runs each for 10 s on a copy of the corpus.
-fuzz: setup
+# Every parser that sees outside input, under libFuzzer (cargo fuzz, nightly toolchain), then
+# random requests against real Envoy running the filter (scripts/fuzz_envoy.py, a new seed each
+# run). `make fuzz` runs each libFuzzer target and the request fuzzer FUZZ_SECONDS (default 300)
+# and grows fuzz/corpus/; `make test` runs each target for 10 s on a copy of the corpus, and the
+# request fuzzer for 12 s with a fixed seed (tests/test_request_fuzz.py).
+fuzz: setup wasm
 	scripts/fuzz.sh $(or $(FUZZ_SECONDS),300)
+	.venv/bin/python scripts/fuzz_envoy.py --seconds $(or $(FUZZ_SECONDS),300)
 
 fuzz-smoke: setup
 	scripts/fuzz.sh 10 --smoke

@@ -5,9 +5,10 @@ use serde_json::{Map, Value};
 
 use crate::config::Provider;
 
-/// A claim rendered as a header value the way Envoy's jwt_authn does: strings as they are,
-/// numbers and booleans as JSON, arrays of strings joined by `,`. Anything else (objects,
-/// mixed arrays, values with control characters) gives no header.
+/// A claim rendered as a header value an application can use as it stands (README, "Claims
+/// become headers"; deliberately not Envoy jwt_authn's `%f` numbers and base64 arrays): strings
+/// as they are, numbers and booleans as JSON, arrays of strings joined by `,`. Anything else
+/// (objects, mixed arrays, values with control characters) gives no header.
 pub fn claim_header_value(claims: &Map<String, Value>, claim_name: &str) -> Option<String> {
     let value = lookup(claims, claim_name)?;
     let rendered = match value {
@@ -77,7 +78,7 @@ mod tests {
     }
 
     #[test]
-    fn renders_scalars_and_string_arrays_like_envoy() {
+    fn renders_scalars_as_json_and_string_arrays_joined() {
         let c = claims();
         assert_eq!(claim_header_value(&c, "sub").as_deref(), Some("alice"));
         assert_eq!(claim_header_value(&c, "n").as_deref(), Some("42"));
