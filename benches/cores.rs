@@ -42,10 +42,11 @@ fn request(token: &str) -> Request {
     )
 }
 
-fn tokens() -> [(&'static str, String); 3] {
+fn tokens() -> [(&'static str, String); 4] {
     let valid = || claims(json!({}), 10 * 365 * 86_400);
     [
         ("RS256", testkeys::rs256_token("rsa", valid())),
+        ("PS256", testkeys::ps256_token("rsa", valid())),
         ("ES256", testkeys::es256_token("ec", valid())),
         ("EdDSA", testkeys::eddsa_token("ed", valid())),
     ]

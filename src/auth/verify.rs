@@ -174,3 +174,88 @@ pub fn cache_expiry_s(provider: &Provider, jws: &Jws, now_s: u64, ttl: Duration)
         None => ttl_end,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::jwks::{parse_jwks, SymmetricKeys};
+    use crate::auth::jws::parse;
+    use crate::auth::testkeys::{b64e, jwks_json, keys, other_keys, public_jwk, signed_token};
+
+    /// The key of `keys()` that verifies `alg`, as a JWKS load makes it.
+    fn published_key(alg: Algorithm) -> Jwk {
+        let jwks = jwks_json(&[public_jwk(keys(), alg.key_family(), "k")]);
+        let mut set = parse_jwks(jwks.as_bytes(), SymmetricKeys::Allowed).unwrap();
+        set.keys.keys.remove(0)
+    }
+
+    fn token_by(signer: &crate::auth::testkeys::TestKeys, alg: Algorithm) -> String {
+        let header = json!({"alg": alg.name(), "typ": "JWT"}).to_string();
+        let payload = json!({"iss": "https://idp.test", "sub": "alice"}).to_string();
+        signed_token(signer, alg, &header, &payload)
+    }
+
+    fn portable_verdict(token: &str, alg: Algorithm) -> Result<(), SignatureError> {
+        PortableVerifier.verify(&parse(token).unwrap(), &published_key(alg))
+    }
+
+    #[test]
+    fn a_valid_token_of_every_algorithm_verifies() {
+        for alg in Algorithm::ALL {
+            assert_eq!(
+                portable_verdict(&token_by(keys(), alg), alg),
+                Ok(()),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_flipped_signature_bit_fails_for_every_algorithm() {
+        for alg in Algorithm::ALL {
+            let token = token_by(keys(), alg);
+            let (input, signature_b64) = token.rsplit_once('.').unwrap();
+            let mut signature = crate::auth::b64::decode(signature_b64).unwrap();
+            let middle = signature.len() / 2;
+            signature[middle] ^= 0x01;
+            let flipped = format!("{input}.{}", b64e(&signature));
+            assert_eq!(
+                portable_verdict(&flipped, alg),
+                Err(SignatureError::Invalid),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_fails_for_every_algorithm() {
+        for alg in Algorithm::ALL {
+            assert_eq!(
+                portable_verdict(&token_by(other_keys(), alg), alg),
+                Err(SignatureError::Invalid),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_kind_never_verifies() {
+        // `KeySet::candidates` already keeps such keys away; the verifier refuses them too.
+        for alg in Algorithm::ALL {
+            let token = token_by(keys(), alg);
+            let token = parse(&token).unwrap();
+            for other in Algorithm::ALL {
+                let key = published_key(other);
+                if key.family() != alg.key_family() {
+                    assert_eq!(
+                        PortableVerifier.verify(&token, &key),
+                        Err(SignatureError::Invalid),
+                        "{alg} token, {other} key"
+                    );
+                }
+            }
+        }
+    }
+}
