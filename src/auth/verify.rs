@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use jwt_simple::prelude::*;
-
-use super::alg::Algorithm;
 use super::error::AuthError;
-use super::jwks::{Jwk, KeyMaterial, KeySet};
-use super::jws::{Jws, MAX_TOKEN_BYTES};
+use super::jwks::{Jwk, KeySet};
+use super::jws::Jws;
+use super::portable;
 use crate::config::Provider;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,85 +15,29 @@ pub enum SignatureError {
     Invalid,
 }
 
-/// Checks a JWS signature with one key. The host adapter's implementation uses Envoy's
-/// BoringSSL where it can; `PortableVerifier` is the pure-Rust path used everywhere else.
+/// Checks a JWS signature with one key, over `jws.signing_input` and `jws.signature` only.
+/// The host adapter's implementation uses Envoy's BoringSSL where it can; `PortableVerifier`
+/// is the pure-Rust path used everywhere else.
 pub trait SignatureVerifier {
     fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError>;
 }
 
-/// jwt-simple's pure-Rust verification (RustCrypto underneath), which works in any Wasm host.
+/// Pure-Rust signature checks (`auth::portable`), which work in any Wasm host.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PortableVerifier;
 
-/// jwt-simple checks claims too; ours already did, so give it options under which only the
-/// signature (and structure) can fail: its clock is set to the token's own expiry.
-fn signature_only_options(jws: &Jws) -> VerificationOptions {
-    let expiry = jws.claims.exp.unwrap_or(0).min(u64::from(u32::MAX));
-    VerificationOptions {
-        accept_future: true,
-        time_tolerance: Some(coarsetime_zero()),
-        artificial_time: Some(UnixTimeStamp::from_secs(expiry)),
-        max_token_length: Some(MAX_TOKEN_BYTES),
-        max_header_length: Some(MAX_TOKEN_BYTES),
-        ..VerificationOptions::default()
-    }
-}
-
-fn coarsetime_zero() -> jwt_simple::prelude::Duration {
-    jwt_simple::prelude::Duration::from_secs(0)
-}
-
 impl SignatureVerifier for PortableVerifier {
     fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError> {
-        let token = jws.token;
-        let options = Some(signature_only_options(jws));
-        let result = match (&key.material, jws.header.alg) {
-            (KeyMaterial::Rsa { n, e, .. }, alg) => rsa_verify(alg, n, e, token, options),
-            (KeyMaterial::Ec { point, .. }, Algorithm::ES256) => ES256PublicKey::from_bytes(point)
-                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
-            (KeyMaterial::Ec { point, .. }, Algorithm::ES384) => ES384PublicKey::from_bytes(point)
-                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
-            (KeyMaterial::Ed25519 { public }, Algorithm::EdDSA) => {
-                Ed25519PublicKey::from_bytes(public)
-                    .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop))
-            }
-            (KeyMaterial::Oct { secret }, Algorithm::HS256) => HS256Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            (KeyMaterial::Oct { secret }, Algorithm::HS384) => HS384Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            (KeyMaterial::Oct { secret }, Algorithm::HS512) => HS512Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            _ => return Err(SignatureError::Invalid),
-        };
-        result.map_err(|_| SignatureError::Invalid)
-    }
-}
-
-fn rsa_verify(
-    alg: Algorithm,
-    n: &[u8],
-    e: &[u8],
-    token: &str,
-    options: Option<VerificationOptions>,
-) -> Result<(), jwt_simple::Error> {
-    macro_rules! with {
-        ($key:ty) => {
-            <$key>::from_components(n, e)?
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop)
-        };
-    }
-    match alg {
-        Algorithm::RS256 => with!(RS256PublicKey),
-        Algorithm::RS384 => with!(RS384PublicKey),
-        Algorithm::RS512 => with!(RS512PublicKey),
-        Algorithm::PS256 => with!(PS256PublicKey),
-        Algorithm::PS384 => with!(PS384PublicKey),
-        Algorithm::PS512 => with!(PS512PublicKey),
-        _ => Err(jwt_simple::Error::msg("not an RSA algorithm")),
+        if portable::verifies(
+            jws.header.alg,
+            &key.material,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+        ) {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
     }
 }
 
@@ -180,6 +122,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::auth::alg::Algorithm;
     use crate::auth::jwks::{parse_jwks, SymmetricKeys};
     use crate::auth::jws::parse;
     use crate::auth::testkeys::{b64e, jwks_json, keys, other_keys, public_jwk, signed_token};
