@@ -100,6 +100,20 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal>
         .map_err(|err| RsaKeyRefusal::Invalid(err.to_string()))
 }
 
+/// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
+pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
+    match curve {
+        Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
+        Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
+    }
+}
+
+/// Whether `public` is a canonically encoded Ed25519 point of large order (what `verify`
+/// requires of a key anyway; checked at load so a useless key is reported, not kept).
+pub fn ed25519_key_accepted(public: &[u8]) -> bool {
+    ed25519_compact::PublicKey::from_slice(public).is_ok_and(|key| key.validate().is_ok())
+}
+
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
     bytes.get(start..).unwrap_or(&[])
