@@ -15,25 +15,24 @@ use rsa::signature::digest::{Digest, FixedOutputReset};
 use rsa::signature::DigestVerifier as _;
 use rsa::{pkcs1v15, pss, BigUint, RsaPublicKey};
 
-use super::alg::{Algorithm, Curve};
+use super::alg::{Algorithm, Curve, KeyFamily};
 use super::jwks::KeyMaterial;
 
 /// RSA moduli accepted: RFC 7518 §3.3's floor, and a ceiling that bounds what one token can
 /// cost to check.
 pub const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
-/// The only RSA public exponent accepted (what every IdP uses; BoringSSL and jwt-simple
-/// refuse others too).
+/// The only RSA public exponent accepted: what IdPs use, and all jwt-simple accepted before.
 pub const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
 
 /// Whether `signature` is `alg`'s signature of `signing_input` under `key`. A key of another
 /// kind than `alg` needs, or one outside what a JWKS load accepts, never verifies.
 pub fn verifies(alg: Algorithm, key: &KeyMaterial, signing_input: &[u8], signature: &[u8]) -> bool {
     match (key, alg) {
-        (KeyMaterial::Rsa { n, e, .. }, _) => match rsa_public_key(n, e) {
-            Ok(public) => rsa_verifies(alg, public, signing_input, signature),
-            Err(_) => false,
-        },
+        (KeyMaterial::Rsa { n, e, .. }, _) if alg.key_family() == KeyFamily::Rsa => {
+            rsa_public_key(n, e)
+                .is_ok_and(|public| rsa_verifies(alg, public, signing_input, signature))
+        }
         (
             KeyMaterial::Ec {
                 curve: Curve::P256,
