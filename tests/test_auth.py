@@ -96,6 +96,22 @@ def test_valid_token_of_every_algorithm_is_allowed(envoy, signers, alg):
     assert "authorization" not in seen["headers"]
 
 
+@pytest.mark.parametrize("alg", ASYMMETRIC + SYMMETRIC)
+def test_every_algorithm_accepts_the_same_odd_but_legal_claims(envoy, signers, alg):
+    """meshguard reads none of these (`iat` is not checked, `jti`, `nonce` and `cty` are the
+    application's, an embedded `jwk` is never used), so neither the host's path (RS*, ES*) nor the
+    pure-Rust one (PS*, EdDSA, HS*) may refuse a token for them. The `jwk` is RFC 7515 A.3's."""
+    embedded_jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+    }
+    token = signers[alg].sign(iat="yesterday", jti=7, nonce=7, headers={"cty": 5, "jwk": embedded_jwk})
+    seen = seen_upstream(envoy.get("/api/orders", bearer(token)))
+    assert seen["headers"]["x-user"] == ["alice"]
+
+
 def test_the_same_token_is_allowed_again_from_the_cache(envoy, signers):
     token = signers["RS256"].sign()
     for _ in range(20):

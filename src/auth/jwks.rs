@@ -4,11 +4,10 @@
 
 use std::fmt;
 
-use jwt_simple::prelude::{ES256PublicKey, ES384PublicKey, Ed25519PublicKey, RS256PublicKey};
 use serde_json::Value;
 
 use super::alg::{Algorithm, Curve, KeyFamily};
-use super::{b64, der, json};
+use super::{b64, der, json, portable};
 
 /// Upper bound on a JWKS document; IdPs serve a few KiB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -233,20 +232,8 @@ fn parse_rsa(entry: &Value) -> Result<KeyMaterial, String> {
     let e_raw = required_bytes(entry, "e")?;
     let n = strip_leading_zeros(&n_raw).to_vec();
     let e = strip_leading_zeros(&e_raw).to_vec();
-    // `n` has no leading zero byte, so its first byte has at most 7 leading zero bits.
-    let bits = n
-        .first()
-        .map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
-    // RFC 7518 §3.3 floor, and the range jwt-simple's portable path verifies.
-    if !(2048..=4096).contains(&bits) {
-        return Err(format!(
-            "RSA modulus is {bits} bits; 2048 to 4096 are accepted"
-        ));
-    }
-    if e != [0x01, 0x00, 0x01] {
-        return Err("RSA exponent is not 65537".into());
-    }
-    RS256PublicKey::from_components(&n, &e).map_err(|err| format!("RSA key refused: {err}"))?;
+    // Exactly the keys the portable verifier can use (2048 to 4096 bits, e = 65537).
+    portable::rsa_public_key(&n, &e).map_err(|refusal| refusal.to_string())?;
     let spki = der::rsa_spki(&n, &e);
     Ok(KeyMaterial::Rsa { n, e, spki })
 }
@@ -267,11 +254,7 @@ fn parse_ec(entry: &Value) -> Result<KeyMaterial, String> {
     point.push(0x04);
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
-    let on_curve = match curve {
-        Curve::P256 => ES256PublicKey::from_bytes(&point).is_ok(),
-        Curve::P384 => ES384PublicKey::from_bytes(&point).is_ok(),
-    };
-    if !on_curve {
+    if !portable::ec_point_accepted(curve, &point) {
         return Err("EC point is not on the curve".into());
     }
     let spki = der::ec_spki(curve, &point);
@@ -285,7 +268,9 @@ fn parse_okp(entry: &Value) -> Result<KeyMaterial, String> {
         None => return Err("\"crv\" is missing".into()),
     }
     let public = required_bytes(entry, "x")?;
-    Ed25519PublicKey::from_bytes(&public).map_err(|_| "Ed25519 key is not 32 valid bytes")?;
+    if !portable::ed25519_key_accepted(&public) {
+        return Err("Ed25519 key is not 32 valid bytes".into());
+    }
     Ok(KeyMaterial::Ed25519 { public })
 }
 

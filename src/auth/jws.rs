@@ -30,9 +30,8 @@ pub struct Claims {
 
 #[derive(Debug)]
 pub struct Jws<'t> {
-    /// The whole compact token, for jwt-simple's portable verification.
-    pub token: &'t str,
-    /// `header.payload`, the bytes the signature covers.
+    /// `header.payload`, the bytes the signature covers: the only part of the token a signature
+    /// check sees besides `signature`.
     pub signing_input: &'t str,
     /// The payload segment as sent, for `forward_payload_header`.
     pub payload_b64: &'t str,
@@ -81,7 +80,6 @@ pub fn parse(token: &str) -> Result<Jws<'_>, AuthError> {
 
     let signature = b64::decode(signature_b64).ok_or(malformed("signature is not base64url"))?;
     Ok(Jws {
-        token,
         signing_input,
         payload_b64,
         header,

@@ -12,6 +12,7 @@ pub mod json;
 pub mod jwks;
 pub mod jws;
 pub mod outputs;
+pub mod portable;
 pub mod remote;
 pub mod verify;
 pub mod verify_signature_codec;

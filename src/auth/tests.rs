@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::testkeys::*;
 use super::*;
+use crate::auth::alg::{Algorithm, Curve, KeyFamily};
 use crate::auth::jwks::Jwk;
 use crate::auth::jws::Jws;
 use crate::auth::verify::{PortableVerifier, SignatureError};
@@ -715,4 +716,76 @@ fn unknown_kid_asks_for_one_early_refetch_then_401() {
         .adopt(NOW_MS + 20, jwks_json(&[ec_jwk("rotated")]).as_bytes())
         .unwrap();
     assert_eq!(status(&decide_now(&keys, NOW_MS + 30)), 200);
+}
+
+/// A provider whose local JWKS holds one key of every kind, so a token of any algorithm can be
+/// checked; tokens without `kid` are tried against every key that fits.
+fn every_algorithm_config() -> Config {
+    let jwks = jwks_json(&[
+        public_jwk(keys(), KeyFamily::Rsa, "rsa"),
+        public_jwk(keys(), KeyFamily::Ec(Curve::P256), "p256"),
+        public_jwk(keys(), KeyFamily::Ec(Curve::P384), "p384"),
+        public_jwk(keys(), KeyFamily::Ed25519, "ed"),
+        public_jwk(keys(), KeyFamily::Oct, "oct"),
+    ]);
+    let document = json!({
+        "providers": {"corp": {"issuer": "https://idp.test", "audiences": ["orders"],
+                               "local_jwks": {"inline": jwks}}},
+        "rules": [{"name": "api", "match": {"prefix": "/api/"}, "requires": "corp"}],
+    });
+    config::parse(document.to_string().as_bytes()).unwrap()
+}
+
+#[test]
+fn every_algorithm_accepts_the_same_odd_but_legal_claims() {
+    // meshguard reads none of these, so none may decide a token's fate, whatever its algorithm:
+    // `iat` is not checked (as in jwt_authn), `jti` and `nonce` are the application's business,
+    // `cty` is left to the application (RFC 7515 §4.1.10), and an embedded `jwk` (§4.1.3) is
+    // never used (RFC 8725 §3.10). The `jwk` here is RFC 7515 A.3's example key.
+    let embedded_jwk = json!({"kty": "EC", "crv": "P-256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+    let oddities = [
+        ("nothing odd", json!({}), json!({})),
+        ("iat: \"yesterday\"", json!({}), json!({"iat": "yesterday"})),
+        ("jti: 7", json!({}), json!({"jti": 7})),
+        ("nonce: 7", json!({}), json!({"nonce": 7})),
+        ("header cty: 5", json!({"cty": 5}), json!({})),
+        ("header jwk object", json!({"jwk": embedded_jwk}), json!({})),
+        (
+            "all of them at once",
+            json!({"cty": 5, "jwk": embedded_jwk}),
+            json!({"iat": "yesterday", "jti": 7, "nonce": 7}),
+        ),
+    ];
+    let config = every_algorithm_config();
+    let mut refused = Vec::new();
+    for alg in Algorithm::ALL {
+        for (oddity, header_extra, claims_extra) in &oddities {
+            let mut header = json!({"alg": alg.name(), "typ": "JWT"});
+            let mut payload = base_payload();
+            for (target, extra) in [(&mut header, header_extra), (&mut payload, claims_extra)] {
+                for (name, value) in extra.as_object().unwrap() {
+                    target[name] = value.clone();
+                }
+            }
+            let token = signed_token(keys(), alg, &header.to_string(), &payload.to_string());
+            let decision = run(
+                &config,
+                &request("/api/x", &[("authorization", &bearer(&token))]),
+            );
+            if status(&decision) != 200 {
+                refused.push(format!(
+                    "{alg} with {oddity}: {} {}",
+                    status(&decision),
+                    reason(&decision)
+                ));
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "every algorithm must judge these claims alike (valid); refused:\n{}",
+        refused.join("\n")
+    );
 }

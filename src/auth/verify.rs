@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use jwt_simple::prelude::*;
-
-use super::alg::Algorithm;
 use super::error::AuthError;
-use super::jwks::{Jwk, KeyMaterial, KeySet};
-use super::jws::{Jws, MAX_TOKEN_BYTES};
+use super::jwks::{Jwk, KeySet};
+use super::jws::Jws;
+use super::portable;
 use crate::config::Provider;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,85 +15,29 @@ pub enum SignatureError {
     Invalid,
 }
 
-/// Checks a JWS signature with one key. The host adapter's implementation uses Envoy's
-/// BoringSSL where it can; `PortableVerifier` is the pure-Rust path used everywhere else.
+/// Checks a JWS signature with one key, over `jws.signing_input` and `jws.signature` only.
+/// The host adapter's implementation uses Envoy's BoringSSL where it can; `PortableVerifier`
+/// is the pure-Rust path used everywhere else.
 pub trait SignatureVerifier {
     fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError>;
 }
 
-/// jwt-simple's pure-Rust verification (RustCrypto underneath), which works in any Wasm host.
+/// Pure-Rust signature checks (`auth::portable`), which work in any Wasm host.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PortableVerifier;
 
-/// jwt-simple checks claims too; ours already did, so give it options under which only the
-/// signature (and structure) can fail: its clock is set to the token's own expiry.
-fn signature_only_options(jws: &Jws) -> VerificationOptions {
-    let expiry = jws.claims.exp.unwrap_or(0).min(u64::from(u32::MAX));
-    VerificationOptions {
-        accept_future: true,
-        time_tolerance: Some(coarsetime_zero()),
-        artificial_time: Some(UnixTimeStamp::from_secs(expiry)),
-        max_token_length: Some(MAX_TOKEN_BYTES),
-        max_header_length: Some(MAX_TOKEN_BYTES),
-        ..VerificationOptions::default()
-    }
-}
-
-fn coarsetime_zero() -> jwt_simple::prelude::Duration {
-    jwt_simple::prelude::Duration::from_secs(0)
-}
-
 impl SignatureVerifier for PortableVerifier {
     fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError> {
-        let token = jws.token;
-        let options = Some(signature_only_options(jws));
-        let result = match (&key.material, jws.header.alg) {
-            (KeyMaterial::Rsa { n, e, .. }, alg) => rsa_verify(alg, n, e, token, options),
-            (KeyMaterial::Ec { point, .. }, Algorithm::ES256) => ES256PublicKey::from_bytes(point)
-                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
-            (KeyMaterial::Ec { point, .. }, Algorithm::ES384) => ES384PublicKey::from_bytes(point)
-                .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop)),
-            (KeyMaterial::Ed25519 { public }, Algorithm::EdDSA) => {
-                Ed25519PublicKey::from_bytes(public)
-                    .and_then(|k| k.verify_token::<NoCustomClaims>(token, options).map(drop))
-            }
-            (KeyMaterial::Oct { secret }, Algorithm::HS256) => HS256Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            (KeyMaterial::Oct { secret }, Algorithm::HS384) => HS384Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            (KeyMaterial::Oct { secret }, Algorithm::HS512) => HS512Key::from_bytes(secret)
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop),
-            _ => return Err(SignatureError::Invalid),
-        };
-        result.map_err(|_| SignatureError::Invalid)
-    }
-}
-
-fn rsa_verify(
-    alg: Algorithm,
-    n: &[u8],
-    e: &[u8],
-    token: &str,
-    options: Option<VerificationOptions>,
-) -> Result<(), jwt_simple::Error> {
-    macro_rules! with {
-        ($key:ty) => {
-            <$key>::from_components(n, e)?
-                .verify_token::<NoCustomClaims>(token, options)
-                .map(drop)
-        };
-    }
-    match alg {
-        Algorithm::RS256 => with!(RS256PublicKey),
-        Algorithm::RS384 => with!(RS384PublicKey),
-        Algorithm::RS512 => with!(RS512PublicKey),
-        Algorithm::PS256 => with!(PS256PublicKey),
-        Algorithm::PS384 => with!(PS384PublicKey),
-        Algorithm::PS512 => with!(PS512PublicKey),
-        _ => Err(jwt_simple::Error::msg("not an RSA algorithm")),
+        if portable::verifies(
+            jws.header.alg,
+            &key.material,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+        ) {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
     }
 }
 
@@ -172,5 +114,91 @@ pub fn cache_expiry_s(provider: &Provider, jws: &Jws, now_s: u64, ttl: Duration)
             .saturating_add(provider.clock_skew.as_secs())
             .min(ttl_end),
         None => ttl_end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::alg::Algorithm;
+    use crate::auth::jwks::{parse_jwks, SymmetricKeys};
+    use crate::auth::jws::parse;
+    use crate::auth::testkeys::{b64e, jwks_json, keys, other_keys, public_jwk, signed_token};
+
+    /// The key of `keys()` that verifies `alg`, as a JWKS load makes it.
+    fn published_key(alg: Algorithm) -> Jwk {
+        let jwks = jwks_json(&[public_jwk(keys(), alg.key_family(), "k")]);
+        let mut set = parse_jwks(jwks.as_bytes(), SymmetricKeys::Allowed).unwrap();
+        set.keys.keys.remove(0)
+    }
+
+    fn token_by(signer: &crate::auth::testkeys::TestKeys, alg: Algorithm) -> String {
+        let header = json!({"alg": alg.name(), "typ": "JWT"}).to_string();
+        let payload = json!({"iss": "https://idp.test", "sub": "alice"}).to_string();
+        signed_token(signer, alg, &header, &payload)
+    }
+
+    fn portable_verdict(token: &str, alg: Algorithm) -> Result<(), SignatureError> {
+        PortableVerifier.verify(&parse(token).unwrap(), &published_key(alg))
+    }
+
+    #[test]
+    fn a_valid_token_of_every_algorithm_verifies() {
+        for alg in Algorithm::ALL {
+            assert_eq!(
+                portable_verdict(&token_by(keys(), alg), alg),
+                Ok(()),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_flipped_signature_bit_fails_for_every_algorithm() {
+        for alg in Algorithm::ALL {
+            let token = token_by(keys(), alg);
+            let (input, signature_b64) = token.rsplit_once('.').unwrap();
+            let mut signature = crate::auth::b64::decode(signature_b64).unwrap();
+            let middle = signature.len() / 2;
+            signature[middle] ^= 0x01;
+            let flipped = format!("{input}.{}", b64e(&signature));
+            assert_eq!(
+                portable_verdict(&flipped, alg),
+                Err(SignatureError::Invalid),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_fails_for_every_algorithm() {
+        for alg in Algorithm::ALL {
+            assert_eq!(
+                portable_verdict(&token_by(other_keys(), alg), alg),
+                Err(SignatureError::Invalid),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_kind_never_verifies() {
+        // `KeySet::candidates` already keeps such keys away; the verifier refuses them too.
+        for alg in Algorithm::ALL {
+            let token = token_by(keys(), alg);
+            let token = parse(&token).unwrap();
+            for other in Algorithm::ALL {
+                let key = published_key(other);
+                if key.family() != alg.key_family() {
+                    assert_eq!(
+                        PortableVerifier.verify(&token, &key),
+                        Err(SignatureError::Invalid),
+                        "{alg} token, {other} key"
+                    );
+                }
+            }
+        }
     }
 }

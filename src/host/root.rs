@@ -77,7 +77,7 @@ impl RootContext for MeshguardRoot {
             if host_crypto {
                 "by the host (Envoy verify_signature) where possible"
             } else {
-                "in Wasm (jwt-simple); the host has no verify_signature"
+                "in Wasm (pure Rust); the host has no verify_signature"
             }
         );
         let buckets = match HostBuckets::for_config(&config) {

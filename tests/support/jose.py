@@ -1,5 +1,5 @@
-"""Keys and tokens made at test time with PyJWT + cryptography (not jwt-simple, which the
-filter uses), so the filter is checked against an independent JOSE implementation."""
+"""Keys and tokens made at test time with PyJWT + cryptography (not the RustCrypto primitives
+the filter verifies with), so the filter is checked against an independent JOSE implementation."""
 
 import base64
 import json
