@@ -14,6 +14,7 @@
 pub mod accesslog;
 pub mod auth;
 pub mod config;
+pub mod flow;
 pub mod hash;
 pub mod headermap;
 pub mod pipeline;
