@@ -1,6 +1,6 @@
 //! meshguard: JWT auth, traffic shaping and structured logging for Envoy, as one proxy-wasm
-//! filter. The cores (`config`, `rules`, `auth`, `pipeline`) are plain Rust, tested natively;
-//! `host` is the only module that talks to Envoy through proxy-wasm.
+//! filter. The cores (`config`, `rules`, `auth`, `pipeline`, `flow`) are plain Rust, tested
+//! natively; `host` is the only module that talks to Envoy through proxy-wasm.
 #![cfg_attr(
     not(test),
     deny(

@@ -215,7 +215,7 @@ impl Flow {
         now_ms: u64,
     ) -> Effects {
         let mut effects = Effects::default();
-        // A stream decides once; should an id come again, what the first held goes.
+        // Envoy does not reuse a live stream's id; should one come again, its old entry ends.
         self.end(vm, id);
         let mut decision = vm.decide(&request, now_ms);
         if let Decision::AwaitKeys(needs) = &decision {
