@@ -4,17 +4,18 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use meshguard::accesslog::{self, Exchange};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use meshguard::accesslog::{self, Exchange, Verdict};
 use meshguard::auth::cache::TokenCache;
-use meshguard::auth::remote::KeyStore;
+use meshguard::auth::remote::{FetchReason, KeyStore};
 use meshguard::auth::testkeys::{self, claims, ec_jwk, ed_jwk, jwks_json, rsa_jwk};
 use meshguard::auth::verify::{check_signature, PortableVerifier};
 use meshguard::auth::{jws, AuthEnv};
 use meshguard::config::{self, KeySource, TokenBucket};
-use meshguard::pipeline::{self, Decision};
+use meshguard::flow::{self, FetchEnd, Flow, Lease, StreamId};
+use meshguard::pipeline::{self, Decision, PendingGlobal, Settled};
 use meshguard::ratelimit::bucket::{BucketState, TakeMode};
-use meshguard::ratelimit::MemoryBuckets;
+use meshguard::ratelimit::{self, GlobalAnswer, MemoryBuckets, PolicyOutcome};
 use meshguard::request::Request;
 use serde_json::json;
 
@@ -101,6 +102,80 @@ fn decisions(c: &mut Criterion) {
     });
 }
 
+/// The flow's VM as the host's, with buckets in memory and no metrics or shared data.
+struct BenchVm<'a> {
+    env: AuthEnv<'a>,
+    cache: TokenCache,
+    buckets: MemoryBuckets,
+}
+
+impl flow::Vm for BenchVm<'_> {
+    fn decide(&mut self, request: &Request, _now_ms: u64) -> Decision {
+        pipeline::decide(&self.env, &mut self.cache, &mut self.buckets, request)
+    }
+    fn decide_with_answers(&mut self, pending: PendingGlobal, answers: &[GlobalAnswer]) -> Settled {
+        pipeline::after_global(self.env.config, pending, answers, &mut self.buckets)
+    }
+    fn record(&mut self, settled: &Settled) -> Verdict {
+        pipeline::verdict(self.env.config, settled)
+    }
+    fn release(&mut self, reservations: &[PolicyOutcome]) {
+        ratelimit::release(self.env.config, reservations, &mut self.buckets);
+    }
+    fn adopt_shared_keys(&mut self, _provider: usize) -> bool {
+        false
+    }
+    fn take_fetch_lease(&mut self, _: usize, _: FetchReason, _: u64) -> Option<Lease> {
+        None
+    }
+    fn give_back_fetch_lease(&mut self, _: usize, _: Lease, _: FetchEnd, _: u64) {}
+    fn shared_fetch_under_way(&self, _provider: usize, _now_ms: u64) -> bool {
+        false
+    }
+    fn fetch_timeout_ms(&self, _provider: usize) -> u64 {
+        1_000
+    }
+}
+
+/// What the flow adds to a request decided at once: its entry, kept until the stream goes.
+fn flow(c: &mut Criterion) {
+    let config = config::parse(config_json().as_bytes()).unwrap();
+    let keys = KeyStore::new(&config);
+    let [(_, rs256), ..] = tokens();
+    let request = request(&rs256);
+    let mut vm = BenchVm {
+        env: AuthEnv {
+            config: &config,
+            keys: &keys,
+            verifier: &PortableVerifier,
+            now_ms: NOW_MS,
+        },
+        cache: TokenCache::default(),
+        buckets: MemoryBuckets::default(),
+    };
+    let mut flow = Flow::new(NOW_MS);
+    // Streams that live on meanwhile (slow upstreams), as a busy worker holds them.
+    for id in 0..1_000 {
+        flow.request(&mut vm, StreamId(id), request.clone(), NOW_MS);
+    }
+    let mut id = 1_000;
+    c.bench_function(
+        "flow: request decided at once, then gone (cached RS256 token + rate limit; 1000 live streams)",
+        |b| {
+            b.iter_batched(
+                || request.clone(),
+                |request| {
+                    id += 1;
+                    let effects = flow.request(&mut vm, StreamId(id), request, NOW_MS);
+                    flow.stream_gone(&mut vm, StreamId(id));
+                    effects
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
 fn buckets(c: &mut Criterion) {
     let bucket = TokenBucket {
         max_tokens: 100,
@@ -156,5 +231,13 @@ fn logging(c: &mut Criterion) {
     });
 }
 
-criterion_group!(cores, parsing, verification, decisions, buckets, logging);
+criterion_group!(
+    cores,
+    parsing,
+    verification,
+    decisions,
+    flow,
+    buckets,
+    logging
+);
 criterion_main!(cores);

@@ -1,6 +1,6 @@
 //! meshguard: JWT auth, traffic shaping and structured logging for Envoy, as one proxy-wasm
-//! filter. The cores (`config`, `rules`, `auth`, `pipeline`) are plain Rust, tested natively;
-//! `host` is the only module that talks to Envoy through proxy-wasm.
+//! filter. The cores (`config`, `rules`, `auth`, `pipeline`, `flow`) are plain Rust, tested
+//! natively; `host` is the only module that talks to Envoy through proxy-wasm.
 #![cfg_attr(
     not(test),
     deny(
@@ -14,6 +14,7 @@
 pub mod accesslog;
 pub mod auth;
 pub mod config;
+pub mod flow;
 pub mod hash;
 pub mod headermap;
 pub mod pipeline;

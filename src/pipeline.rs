@@ -57,6 +57,69 @@ pub enum Decision {
     AwaitKeys(Vec<(usize, FetchReason)>),
 }
 
+/// A decision that waits for nothing more: all that `after_global` can come to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    Allow(Allowed),
+    Deny {
+        rule: Option<usize>,
+        reply: LocalReply,
+        limits: Vec<PolicyOutcome>,
+    },
+    Delay {
+        wait_ms: u64,
+        allowed: Allowed,
+    },
+}
+
+/// What a decision leads to: settled, or waiting for the rate-limit service or for keys.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Settled(Settled),
+    CheckGlobal(PendingGlobal),
+    AwaitKeys(Vec<(usize, FetchReason)>),
+}
+
+impl From<Decision> for Next {
+    fn from(decision: Decision) -> Next {
+        match decision {
+            Decision::Allow(allowed) => Next::Settled(Settled::Allow(allowed)),
+            Decision::Deny {
+                rule,
+                reply,
+                limits,
+            } => Next::Settled(Settled::Deny {
+                rule,
+                reply,
+                limits,
+            }),
+            Decision::Delay { wait_ms, allowed } => {
+                Next::Settled(Settled::Delay { wait_ms, allowed })
+            }
+            Decision::CheckGlobal(pending) => Next::CheckGlobal(pending),
+            Decision::AwaitKeys(needs) => Next::AwaitKeys(needs),
+        }
+    }
+}
+
+impl From<Settled> for Decision {
+    fn from(settled: Settled) -> Decision {
+        match settled {
+            Settled::Allow(allowed) => Decision::Allow(allowed),
+            Settled::Deny {
+                rule,
+                reply,
+                limits,
+            } => Decision::Deny {
+                rule,
+                reply,
+                limits,
+            },
+            Settled::Delay { wait_ms, allowed } => Decision::Delay { wait_ms, allowed },
+        }
+    }
+}
+
 pub fn decide(
     env: &AuthEnv,
     cache: &mut TokenCache,
@@ -211,7 +274,7 @@ fn limit(
         _ => Vec::new(),
     };
     if checks.is_empty() {
-        return finish(config, allowed, local);
+        return finish(config, allowed, local).into();
     }
     Decision::CheckGlobal(PendingGlobal {
         checks,
@@ -245,7 +308,7 @@ pub fn after_global(
     pending: PendingGlobal,
     answers: &[GlobalAnswer],
     buckets: &mut dyn BucketStore,
-) -> Decision {
+) -> Settled {
     let pairs: Vec<(GlobalCheck, GlobalAnswer)> = pending
         .checks
         .into_iter()
@@ -279,24 +342,24 @@ fn with_limits(config: &Config, mut allowed: Allowed, outcomes: Vec<PolicyOutcom
     allowed
 }
 
-fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Decision {
+fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Settled {
     match verdict {
         ratelimit::Verdict::Allowed(outcomes) => {
-            Decision::Allow(with_limits(config, allowed, outcomes))
+            Settled::Allow(with_limits(config, allowed, outcomes))
         }
-        ratelimit::Verdict::Delayed { wait_ms, outcomes } => Decision::Delay {
+        ratelimit::Verdict::Delayed { wait_ms, outcomes } => Settled::Delay {
             wait_ms,
             allowed: with_limits(config, allowed, outcomes),
         },
         ratelimit::Verdict::Refused {
             outcomes,
             refused_by,
-        } => Decision::Deny {
+        } => Settled::Deny {
             rule: allowed.rule,
             reply: reply::rate_limited(config, &outcomes, refused_by),
             limits: outcomes,
         },
-        ratelimit::Verdict::ServiceUnavailable { policy } => Decision::Deny {
+        ratelimit::Verdict::ServiceUnavailable { policy } => Settled::Deny {
             rule: allowed.rule,
             reply: reply::rate_limit_service_unavailable(
                 config
@@ -339,36 +402,64 @@ fn limit_entries(config: &Config, limits: &[PolicyOutcome]) -> Vec<accesslog::Li
 
 /// What the log and Envoy's filter state say about a decision; `None` while it is pending.
 pub fn summarize(config: &Config, decision: &Decision) -> Option<accesslog::Verdict> {
-    let rule_name = |rule: Option<usize>| {
-        rule.and_then(|r| config.rules.get(r))
-            .map(|r| r.name.clone())
-    };
     match decision {
         Decision::Allow(allowed) | Decision::Delay { allowed, .. } => {
-            let first = allowed.identities.first();
-            Some(accesslog::Verdict {
-                rule: rule_name(allowed.rule),
-                provider: first
-                    .and_then(|token| config.providers.get(token.provider))
-                    .map(|p| p.name.clone()),
-                subject: first.and_then(|token| token.subject.clone()),
-                decision: accesslog::Decision::Allowed.name(),
-                reason: None,
-                rate_limits: limit_entries(config, &allowed.limits),
-            })
+            Some(allowed_verdict(config, allowed))
         }
         Decision::Deny {
             rule,
             reply,
             limits,
-        } => Some(accesslog::Verdict {
-            rule: rule_name(*rule),
-            provider: None,
-            subject: None,
-            decision: accesslog::Decision::of_status(reply.status).name(),
-            reason: Some(reply.reason.clone()),
-            rate_limits: limit_entries(config, limits),
-        }),
+        } => Some(denied_verdict(config, *rule, reply, limits)),
         Decision::CheckGlobal(_) | Decision::AwaitKeys(_) => None,
+    }
+}
+
+/// What the log and Envoy's filter state say about a settled decision.
+pub fn verdict(config: &Config, settled: &Settled) -> accesslog::Verdict {
+    match settled {
+        Settled::Allow(allowed) | Settled::Delay { allowed, .. } => {
+            allowed_verdict(config, allowed)
+        }
+        Settled::Deny {
+            rule,
+            reply,
+            limits,
+        } => denied_verdict(config, *rule, reply, limits),
+    }
+}
+
+fn rule_name(config: &Config, rule: Option<usize>) -> Option<String> {
+    rule.and_then(|r| config.rules.get(r))
+        .map(|r| r.name.clone())
+}
+
+fn allowed_verdict(config: &Config, allowed: &Allowed) -> accesslog::Verdict {
+    let first = allowed.identities.first();
+    accesslog::Verdict {
+        rule: rule_name(config, allowed.rule),
+        provider: first
+            .and_then(|token| config.providers.get(token.provider))
+            .map(|p| p.name.clone()),
+        subject: first.and_then(|token| token.subject.clone()),
+        decision: accesslog::Decision::Allowed.name(),
+        reason: None,
+        rate_limits: limit_entries(config, &allowed.limits),
+    }
+}
+
+fn denied_verdict(
+    config: &Config,
+    rule: Option<usize>,
+    reply: &LocalReply,
+    limits: &[PolicyOutcome],
+) -> accesslog::Verdict {
+    accesslog::Verdict {
+        rule: rule_name(config, rule),
+        provider: None,
+        subject: None,
+        decision: accesslog::Decision::of_status(reply.status).name(),
+        reason: Some(reply.reason.clone()),
+        rate_limits: limit_entries(config, limits),
     }
 }

@@ -1,7 +1,7 @@
 """A client that hangs up mid-request must not strand anything: in real Envoy at one and two
 workers, a client leaves while its request waits for the first key fetch (slow IdP), for an
-unknown-kid refetch, or for a hanging rate-limit service; afterwards requests are authenticated
-and limited correctly, the IdP is asked again when it must be, and Envoy's log shows no failed
+unknown-kid refetch, for a hanging rate-limit service, or for its delay-mode token (held);
+afterwards requests are authenticated and limited correctly, the IdP is asked again when it must be, and Envoy's log shows no failed
 callback. The fetch belongs to the VM (dispatched by the root context), not to the stream that
 needed it: Envoy cancels a stream's calls when the stream ends."""
 
@@ -31,12 +31,18 @@ def remote_config(timeout="3s"):
     }
 
 
+# Envoy sees a client's close on its connection's worker while the next request may already be
+# decided on another: give the close this long before a request that depends on it.
+CLOSE_SEEN_S = 0.2
+
+
 def hang_up_after(port, path, headers, seconds):
     """Sends a request and closes the connection `seconds` later, answered or not."""
     head = f"GET {path} HTTP/1.1\r\nHost: svc\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers.items()) + "\r\n"
     with socket.create_connection(("127.0.0.1", port)) as conn:
         conn.sendall(head.encode())
         time.sleep(seconds)
+    time.sleep(CLOSE_SEEN_S)
 
 
 def assert_no_failed_callback(envoy):
@@ -113,3 +119,27 @@ def test_a_client_leaving_while_waiting_for_the_rate_limit_service_gives_its_res
             assert_no_failed_callback(envoy)
     finally:
         silent.stop()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_client_leaving_while_delayed_gives_its_reserved_token_back(tmp_path, upstream, concurrency):
+    """A delay-mode policy holds the second request for the next token (3 s on); its client
+    leaves, the reservation goes back, so the third request gets that token (200 after about
+    3 s) instead of the one after it (6 s, past its 4 s max_delay: 429)."""
+    config = {
+        "rate_limits": {
+            "smooth": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "4s",
+                       "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "3s"}},
+        },
+        "rules": [{"name": "api", "match": {"prefix": "/"}, "allow_unauthenticated": True, "rate_limits": ["smooth"]}],
+    }
+    key = {"x-api-key": "k"}
+    with Envoy(config, {"upstream": upstream.port}, tmp_path, concurrency=concurrency).start() as envoy:
+        first = time.monotonic()
+        assert envoy.get("/orders", key, timeout=10).status_code == 200  # the bucket's token
+        hang_up_after(envoy.listener_port, "/orders", key, 0.3)  # reserves the next one, leaves
+        response = envoy.get("/orders", key, timeout=15)
+        waited = time.monotonic() - first
+        assert response.status_code == 200, f"{response.status_code}: the reservation was not given back"
+        assert 2.5 <= waited <= 3.8, f"answered {waited:.2f} s after the first request, not on the next token"
+        assert_no_failed_callback(envoy)

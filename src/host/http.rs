@@ -1,63 +1,43 @@
-//! One HTTP stream: gather the request, decide, carry out the decision.
+//! One HTTP stream's callbacks: gather the request, hand it to the flow, carry out what the
+//! flow says. `perform` turns the flow's effects into host calls, from any callback.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::facts::{finish_exchange, gather_request};
 use super::jwks;
-use super::state::{now_ms, Delayed, GlobalWait, VmState, Waiter, WAITING_TICK};
+use super::state::{now_ms, VmState};
 use crate::accesslog;
-use crate::auth::error::AuthError;
-use crate::auth::remote::LEASE_MARGIN_MS;
-use crate::pipeline::{self, Allowed, Decision, Mutations, PendingGlobal};
-use crate::ratelimit::{self, rls, GlobalAnswer};
-use crate::reply::{self, LocalReply};
-use crate::request::Request;
+use crate::flow::{Effects, FetchEnd, Outcome, StreamId};
+use crate::ratelimit::{rls, GlobalAnswer};
+use crate::reply;
 
-/// What to do with a stream once a decision is made.
-pub enum StreamAction {
-    Forward(Mutations),
-    Reply(LocalReply),
-    Wait,
-}
-
-/// Carries out an action on the current (effective) context. Called with no borrow of the
-/// VM state held: resuming a stream can re-enter the VM.
-pub fn carry_out(action: &StreamAction, resume: bool) -> Action {
-    match action {
-        StreamAction::Forward(mutations) => {
+/// Carries out an outcome on the current (effective) context; `resume` a paused stream. Called
+/// with no borrow of the VM state held: resuming a stream can re-enter the VM.
+pub fn carry_out(outcome: &Outcome, resume: bool) -> Action {
+    match outcome {
+        Outcome::Forward(mutations) => {
             for name in &mutations.remove {
-                let _ = hostcalls::set_map_value(
-                    proxy_wasm::types::MapType::HttpRequestHeaders,
-                    name,
-                    None,
-                );
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
             }
             for (name, value) in &mutations.set {
-                let _ = hostcalls::set_map_value(
-                    proxy_wasm::types::MapType::HttpRequestHeaders,
-                    name,
-                    Some(value),
-                );
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
             if let Some(path) = &mutations.path {
-                let _ = hostcalls::set_map_value(
-                    proxy_wasm::types::MapType::HttpRequestHeaders,
-                    ":path",
-                    Some(path),
-                );
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
             }
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
             Action::Continue
         }
-        StreamAction::Reply(reply) => {
+        Outcome::Reply(reply) => {
             let headers: Vec<(&str, &str)> = reply
                 .headers
                 .iter()
@@ -70,123 +50,91 @@ pub fn carry_out(action: &StreamAction, resume: bool) -> Action {
             }
             Action::Pause
         }
-        StreamAction::Wait => Action::Pause,
     }
 }
 
-fn waiting_on_fetch(
-    state: &VmState,
-    needs: &[(usize, crate::auth::remote::FetchReason)],
+/// Carries out the flow's effects from the callback of context `current`: sends the calls it
+/// asks for (reporting each back, which may bring more effects), sets the tick, and forwards or
+/// answers streams, resuming them, then restores `current`. The outcome of `opening`, the
+/// stream whose request headers are being handled, is returned for the caller instead.
+pub fn perform(
+    state: &Rc<RefCell<VmState>>,
+    effects: Effects,
+    current: u32,
+    opening: Option<StreamId>,
     now_ms: u64,
-) -> bool {
-    needs.iter().any(|(provider, _)| {
-        jwks::in_flight(state, *provider)
-            || state
-                .keys
-                .remote(*provider)
-                .is_some_and(|view| view.lease.busy(now_ms))
-    })
-}
-
-/// Turns a decision into an action; a delayed request is parked until its token is due. The
-/// decision is counted and kept for the stream's log record.
-fn settle(state: &mut VmState, context_id: u32, decision: Decision, now: u64) -> StreamAction {
-    if let Some(verdict) = pipeline::summarize(&state.config, &decision) {
-        let shadow_limited = verdict
-            .rate_limits
-            .iter()
-            .any(|l| l.decision == "shadow_limited");
-        let counted = if shadow_limited && verdict.decision == "allowed" {
-            "shadow_limited"
-        } else {
-            verdict.decision
-        };
-        state
-            .metrics
-            .count_request(verdict.rule.as_deref(), counted);
-        if let Decision::Delay { wait_ms, .. } = &decision {
-            state.metrics.record("meshguard_delay_wait_ms", *wait_ms);
-        }
-        state.verdicts.insert(context_id, verdict);
-    }
-    if let Decision::Allow(Allowed { mutations, .. })
-    | Decision::Delay {
-        allowed: Allowed { mutations, .. },
-        ..
-    } = &decision
-    {
-        if !mutations.response_headers.is_empty() {
-            state
-                .response_headers
-                .insert(context_id, mutations.response_headers.clone());
-        }
-    }
-    match decision {
-        Decision::Allow(allowed) => StreamAction::Forward(allowed.mutations),
-        Decision::Deny { reply, .. } => StreamAction::Reply(reply),
-        Decision::Delay { wait_ms, allowed } => {
-            state.delayed.push(Delayed {
-                context_id,
-                due_ms: now.saturating_add(wait_ms),
-                mutations: allowed.mutations,
-                limits: allowed.limits,
-            });
-            let _ = hostcalls::set_tick_period(state.tick_period(now));
-            StreamAction::Wait
-        }
-        Decision::CheckGlobal(pending) => ask_rate_limit_service(state, context_id, pending, now),
-        Decision::AwaitKeys(_) => StreamAction::Wait,
-    }
-}
-
-/// Sends the request's checks to the rate-limit service; a call that cannot even be sent (no
-/// such cluster) counts as unanswered at once.
-fn ask_rate_limit_service(
-    state: &mut VmState,
-    context_id: u32,
-    pending: PendingGlobal,
-    now: u64,
-) -> StreamAction {
-    let mut answers = vec![None; pending.checks.len()];
-    for (index, check) in pending.checks.iter().enumerate() {
-        match hostcalls::dispatch_grpc_call(
-            &check.cluster,
-            rls::SERVICE,
-            rls::METHOD,
-            vec![],
-            Some(&check.message),
-            check.timeout,
-        ) {
-            Ok(token) => {
-                state.metrics.increment("meshguard_rls_calls_total");
-                state.global_calls.insert(token, (context_id, index));
+) -> Option<Outcome> {
+    let mut queue = VecDeque::new();
+    receive(effects, &mut queue);
+    let mut outcomes = Vec::new();
+    while let Some(effects) = queue.pop_front() {
+        outcomes.extend(effects.outcomes);
+        for (provider, reason) in effects.fetches {
+            let Ok(mut st) = state.try_borrow_mut() else {
+                continue; // the fetch's deadline ends it
+            };
+            let VmState { flow, vm } = &mut *st;
+            match jwks::dispatch(vm, provider, reason) {
+                Some(token) => flow.fetch_sent(provider, token),
+                None => receive(
+                    flow.fetch_ended(vm, provider, FetchEnd::Failed, now_ms),
+                    &mut queue,
+                ),
             }
-            Err(status) => {
-                warn!(
-                    "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
-                    check.cluster
-                );
-                state.metrics.increment("meshguard_rls_errors_total");
-                if let Some(answer) = answers.get_mut(index) {
-                    *answer = Some(GlobalAnswer::Failed);
+        }
+        for (call, check) in effects.rls_checks {
+            let Ok(mut st) = state.try_borrow_mut() else {
+                continue; // the stream's deadline ends its wait
+            };
+            let VmState { flow, vm } = &mut *st;
+            match hostcalls::dispatch_grpc_call(
+                &check.cluster,
+                rls::SERVICE,
+                rls::METHOD,
+                vec![],
+                Some(&check.message),
+                check.timeout,
+            ) {
+                Ok(token) => {
+                    vm.metrics.increment("meshguard_rls_calls_total");
+                    flow.rls_sent(call, token);
+                }
+                Err(status) => {
+                    warn!(
+                        "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
+                        check.cluster
+                    );
+                    vm.metrics.increment("meshguard_rls_errors_total");
+                    receive(flow.rls_unsent(vm, call, now_ms), &mut queue);
                 }
             }
         }
     }
-    if answers.iter().all(Option::is_some) {
-        let answers: Vec<GlobalAnswer> = answers.into_iter().flatten().collect();
-        let config = state.config.clone();
-        let decision = pipeline::after_global(&config, pending, &answers, &mut state.buckets);
-        return settle(state, context_id, decision, now);
+    let mut own = None;
+    let mut switched = false;
+    for (id, outcome) in outcomes {
+        if Some(id) == opening {
+            own = Some(outcome);
+        } else if hostcalls::set_effective_context(id.0).is_ok() {
+            switched = true;
+            carry_out(&outcome, true);
+        }
     }
-    state
-        .global
-        .insert(context_id, GlobalWait { pending, answers });
-    StreamAction::Wait
+    if switched {
+        let _ = hostcalls::set_effective_context(current);
+    }
+    own
 }
 
-/// Handles a rate-limit service answer (in whichever context received it); once a request has
-/// all its answers, decides and resumes it, then restores `current_context`.
+/// Sets the tick as soon as the flow asks: it asks again only for a sooner one.
+fn receive(effects: Effects, queue: &mut VecDeque<Effects>) {
+    if let Some(period) = effects.tick {
+        let _ = hostcalls::set_tick_period(period);
+    }
+    queue.push_back(effects);
+}
+
+/// Handles a rate-limit service answer (in whichever context received it).
 pub fn on_grpc_response(
     state: &Rc<RefCell<VmState>>,
     token: u32,
@@ -195,15 +143,16 @@ pub fn on_grpc_response(
     current_context: u32,
 ) {
     let now = now_ms();
-    let decided = {
+    let effects = {
         let Ok(mut st) = state.try_borrow_mut() else {
             return;
         };
-        let Some((context_id, index)) = st.global_calls.remove(&token) else {
+        let VmState { flow, vm } = &mut *st;
+        if !flow.awaits_rls_answer(token) {
             return;
-        };
+        }
         let answer = if status_code == 0 {
-            hostcalls::get_buffer(proxy_wasm::types::BufferType::GrpcReceiveBuffer, 0, size)
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
                 .ok()
                 .flatten()
                 .and_then(|body| rls::decode_response(&body))
@@ -213,154 +162,11 @@ pub fn on_grpc_response(
             GlobalAnswer::Failed
         };
         if answer == GlobalAnswer::Failed {
-            st.metrics.increment("meshguard_rls_errors_total");
+            vm.metrics.increment("meshguard_rls_errors_total");
         }
-        let complete = match st.global.get_mut(&context_id) {
-            Some(wait) => {
-                if let Some(slot) = wait.answers.get_mut(index) {
-                    *slot = Some(answer);
-                }
-                wait.answers.iter().all(Option::is_some)
-            }
-            None => false,
-        };
-        match st.global.remove(&context_id).filter(|_| complete) {
-            Some(wait) => {
-                let answers: Vec<GlobalAnswer> = wait.answers.into_iter().flatten().collect();
-                let config = st.config.clone();
-                let decision =
-                    pipeline::after_global(&config, wait.pending, &answers, &mut st.buckets);
-                Some((context_id, settle(&mut st, context_id, decision, now)))
-            }
-            None => None,
-        }
+        flow.rls_answered(vm, token, answer, now)
     };
-    if let Some((context_id, action)) = decided {
-        if !matches!(action, StreamAction::Wait)
-            && hostcalls::set_effective_context(context_id).is_ok()
-        {
-            carry_out(&action, true);
-            let _ = hostcalls::set_effective_context(current_context);
-        }
-    }
-}
-
-/// Decides for a new request; pauses it (as a waiter) when keys must be fetched first.
-fn decide_new(state: &mut VmState, context_id: u32, request: Request, now: u64) -> StreamAction {
-    let mut decision = state.decide(&request, now);
-    if let Decision::AwaitKeys(needs) = &decision {
-        // Another worker may have fetched them already.
-        let mut changed = false;
-        for (provider, _) in needs {
-            changed |= jwks::sync_from_shared(state, *provider);
-        }
-        if changed {
-            decision = state.decide(&request, now);
-        }
-    }
-    let Decision::AwaitKeys(needs) = decision else {
-        return settle(state, context_id, decision, now);
-    };
-    for (provider, reason) in &needs {
-        jwks::start_fetch(state, *provider, *reason, now);
-    }
-    if !waiting_on_fetch(state, &needs, now) {
-        // No fetch could start (a failure just recorded, or a refetch too soon): decide now.
-        return match state.decide(&request, now) {
-            Decision::AwaitKeys(_) => {
-                StreamAction::Reply(reply::token_refused(AuthError::KeysUnavailable {
-                    retry_after_s: 1,
-                }))
-            }
-            other => settle(state, context_id, other, now),
-        };
-    }
-    let longest_timeout = needs
-        .iter()
-        .map(|(provider, _)| jwks::timeout_of(state, *provider))
-        .max()
-        .unwrap_or_default();
-    let timeout_ms = u64::try_from(longest_timeout.as_millis()).unwrap_or(u64::MAX);
-    state.waiters.push(Waiter {
-        context_id,
-        request,
-        deadline_ms: now
-            .saturating_add(timeout_ms)
-            .saturating_add(LEASE_MARGIN_MS + 500),
-    });
-    let _ = hostcalls::set_tick_period(WAITING_TICK);
-    StreamAction::Wait
-}
-
-/// Re-decides every paused request (keys arrived, a fetch failed, or time passed) and resumes
-/// those that are decided; then restores `current_context`.
-pub fn resume_waiters(state: &Rc<RefCell<VmState>>, current_context: u32) {
-    let now = now_ms();
-    let actions: Vec<(u32, StreamAction)> = {
-        let Ok(mut st) = state.try_borrow_mut() else {
-            return;
-        };
-        let waiters = std::mem::take(&mut st.waiters);
-        let mut still_waiting = Vec::new();
-        let mut decided = Vec::new();
-        for waiter in waiters {
-            match st.decide(&waiter.request, now) {
-                Decision::AwaitKeys(needs) => {
-                    if now >= waiter.deadline_ms {
-                        let reply =
-                            reply::token_refused(AuthError::KeysUnavailable { retry_after_s: 1 });
-                        decided.push((waiter.context_id, StreamAction::Reply(reply)));
-                    } else {
-                        if !waiting_on_fetch(&st, &needs, now) {
-                            for (provider, reason) in &needs {
-                                jwks::start_fetch(&mut st, *provider, *reason, now);
-                            }
-                        }
-                        still_waiting.push(waiter);
-                    }
-                }
-                other => {
-                    let action = settle(&mut st, waiter.context_id, other, now);
-                    if !matches!(action, StreamAction::Wait) {
-                        decided.push((waiter.context_id, action));
-                    }
-                }
-            }
-        }
-        st.waiters = still_waiting;
-        decided
-    };
-    for (context_id, action) in &actions {
-        if hostcalls::set_effective_context(*context_id).is_ok() {
-            carry_out(action, true);
-        }
-    }
-    if !actions.is_empty() {
-        let _ = hostcalls::set_effective_context(current_context);
-    }
-}
-
-/// Forwards the delayed requests whose tokens are now due; then restores `current_context`.
-pub fn resume_delayed(state: &Rc<RefCell<VmState>>, current_context: u32) {
-    let now = now_ms();
-    let due: Vec<Delayed> = {
-        let Ok(mut st) = state.try_borrow_mut() else {
-            return;
-        };
-        let (due, later): (Vec<Delayed>, Vec<Delayed>) = std::mem::take(&mut st.delayed)
-            .into_iter()
-            .partition(|d| d.due_ms <= now);
-        st.delayed = later;
-        due
-    };
-    for delayed in &due {
-        if hostcalls::set_effective_context(delayed.context_id).is_ok() {
-            carry_out(&StreamAction::Forward(delayed.mutations.clone()), true);
-        }
-    }
-    if !due.is_empty() {
-        let _ = hostcalls::set_effective_context(current_context);
-    }
+    perform(state, effects, current_context, None, now);
 }
 
 /// Handles an HTTP call response if it is one of this VM's JWKS fetches.
@@ -370,15 +176,19 @@ pub fn on_call_response(
     body_size: usize,
     current_context: u32,
 ) {
-    let finished = match state.try_borrow_mut() {
-        Ok(mut st) if jwks::is_fetch(&st, token) => {
-            jwks::finish_fetch(&mut st, token, body_size, now_ms())
-        }
-        _ => None,
+    let now = now_ms();
+    let effects = {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        let VmState { flow, vm } = &mut *st;
+        let Some(provider) = flow.fetch_of(token) else {
+            return;
+        };
+        let end = jwks::finish_fetch(vm, provider, body_size, now);
+        flow.fetch_ended(vm, provider, end, now)
     };
-    if finished.is_some() {
-        resume_waiters(state, current_context);
-    }
+    perform(state, effects, current_context, None, now);
 }
 
 pub struct MeshguardHttp {
@@ -417,20 +227,34 @@ impl HttpContext for MeshguardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         #[cfg(feature = "test-trap")]
         trap_when_asked();
-        let config = match self.state.try_borrow() {
-            Ok(st) => st.config.clone(),
-            Err(_) => return carry_out(&StreamAction::Reply(reply::internal_error()), false),
+        let refused = || carry_out(&Outcome::Reply(reply::internal_error()), false);
+        let Ok(config) = self.state.try_borrow().map(|st| st.vm.config.clone()) else {
+            return refused();
         };
         // One clock read per request: the decision's "now" is the record's start.
         self.start_ms = now_ms();
         let (request, exchange) = gather_request(&config, self.start_ms);
         self.exchange = exchange;
-        let action = match self.state.try_borrow_mut() {
-            Ok(mut st) => decide_new(&mut st, self.context_id, request, self.start_ms),
-            Err(_) => StreamAction::Reply(reply::internal_error()),
+        let id = StreamId(self.context_id);
+        let effects = match self.state.try_borrow_mut() {
+            Ok(mut st) => {
+                let VmState { flow, vm } = &mut *st;
+                flow.request(vm, id, request, self.start_ms)
+            }
+            Err(_) => return refused(),
         };
+        let outcome = perform(
+            &self.state,
+            effects,
+            self.context_id,
+            Some(id),
+            self.start_ms,
+        );
         self.export_verdict();
-        carry_out(&action, false)
+        match outcome {
+            Some(outcome) => carry_out(&outcome, false),
+            None => Action::Pause,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -441,23 +265,23 @@ impl HttpContext for MeshguardHttp {
 
     fn on_log(&mut self) {
         self.export_verdict();
-        let (verdict, config) = match self.state.try_borrow_mut() {
-            Ok(mut st) => (st.verdicts.remove(&self.context_id), st.config.clone()),
-            Err(_) => return,
-        };
-        let Some(verdict) = verdict else {
-            return; // the stream ended before a decision (client gone while waiting)
-        };
         let Some(mut exchange) = self.exchange.take() else {
             return; // the access log is off
         };
-        finish_exchange(&mut exchange, &config);
+        let Ok(st) = self.state.try_borrow() else {
+            return;
+        };
+        let Some(verdict) = st.flow.verdict(StreamId(self.context_id)) else {
+            return; // the stream ended before a decision (client gone while waiting)
+        };
+        let config = &st.vm.config;
+        finish_exchange(&mut exchange, config);
         let sample_key = exchange
             .request_id
             .clone()
             .unwrap_or_else(|| self.start_ms.to_string());
-        if accesslog::should_log(&config.access_log, &verdict, exchange.status, &sample_key) {
-            info!("{}", accesslog::render(&exchange, &verdict));
+        if accesslog::should_log(&config.access_log, verdict, exchange.status, &sample_key) {
+            info!("{}", accesslog::render(&exchange, verdict));
         }
     }
 }
@@ -471,8 +295,8 @@ impl MeshguardHttp {
         }
         let json = match self.state.try_borrow() {
             Ok(st) => st
-                .verdicts
-                .get(&self.context_id)
+                .flow
+                .verdict(StreamId(self.context_id))
                 .and_then(|v| serde_json::to_string(v).ok()),
             Err(_) => None,
         };
@@ -483,47 +307,22 @@ impl MeshguardHttp {
     }
 
     fn add_response_headers(&self) {
-        let headers = match self.state.try_borrow_mut() {
-            Ok(mut st) if !st.response_headers.is_empty() => {
-                st.response_headers.remove(&self.context_id)
-            }
-            _ => None,
+        let headers = match self.state.try_borrow() {
+            Ok(st) => st.flow.response_headers(StreamId(self.context_id)).to_vec(),
+            Err(_) => return,
         };
-        for (name, value) in headers.iter().flatten() {
-            let _ = hostcalls::set_map_value(
-                proxy_wasm::types::MapType::HttpResponseHeaders,
-                name,
-                Some(value),
-            );
+        for (name, value) in &headers {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
         }
     }
 }
 
 impl Drop for MeshguardHttp {
     fn drop(&mut self) {
-        // A paused request whose client went away gives up its place (and a delayed one
-        // its reserved tokens).
+        // The stream's one exit: what it held goes, and tokens it reserved go back.
         if let Ok(mut st) = self.state.try_borrow_mut() {
-            st.waiters
-                .retain(|waiter| waiter.context_id != self.context_id);
-            st.response_headers.remove(&self.context_id);
-            st.verdicts.remove(&self.context_id);
-            let config = st.config.clone();
-            if let Some(index) = st
-                .delayed
-                .iter()
-                .position(|d| d.context_id == self.context_id)
-            {
-                let delayed = st.delayed.swap_remove(index);
-                ratelimit::release(&config, &delayed.limits, &mut st.buckets);
-            }
-            // A request waiting for the rate-limit service: its calls are forgotten (Envoy
-            // cancels them with the stream) and the delay tokens it reserved are given back.
-            if let Some(wait) = st.global.remove(&self.context_id) {
-                ratelimit::release(&config, wait.pending.reservations(), &mut st.buckets);
-            }
-            st.global_calls
-                .retain(|_, (context_id, _)| *context_id != self.context_id);
+            let VmState { flow, vm } = &mut *st;
+            flow.stream_gone(vm, StreamId(self.context_id));
         }
     }
 }
@@ -546,6 +345,6 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        carry_out(&StreamAction::Reply(reply::internal_error()), false)
+        carry_out(&Outcome::Reply(reply::internal_error()), false)
     }
 }

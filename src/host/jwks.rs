@@ -1,20 +1,20 @@
 //! Remote JWKS through the proxy: one worker fetches (the one that wins the shared lease),
-//! stores the document in shared data, and every worker's VM adopts it from there.
-
-use std::time::Duration;
+//! stores the document in shared data, and every worker's VM adopts it from there. When to
+//! fetch and how long to wait is the flow's (`crate::flow`); this moves the bytes.
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 
 use super::facts::header_value;
-use super::state::{InFlightFetch, VmState, DISPATCH_TICK};
+use super::state::HostVm;
 use crate::auth::jwks::MAX_JWKS_BYTES;
-use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason, LEASE_MARGIN_MS};
+use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason};
 use crate::config::{KeySource, RemoteJwks};
+use crate::flow::{FetchEnd, Lease};
 
-fn remote_of(state: &VmState, provider: usize) -> Option<(String, RemoteJwks)> {
-    let provider = state.config.providers.get(provider)?;
+fn remote_of(vm: &HostVm, provider: usize) -> Option<(String, RemoteJwks)> {
+    let provider = vm.config.providers.get(provider)?;
     match &provider.keys {
         KeySource::Remote(remote) => Some((provider.name.clone(), remote.clone())),
         KeySource::Local(_) => None,
@@ -39,15 +39,15 @@ fn read_lease(key: &str) -> (FetchLease, Option<u32>) {
 
 /// Adopts what other workers stored: newer keys and the current lease. Returns whether this
 /// VM's view of the provider changed (keys or failure state).
-pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
-    let Some((name, remote)) = remote_of(state, provider) else {
+pub fn sync_from_shared(vm: &mut HostVm, provider: usize) -> bool {
+    let Some((name, remote)) = remote_of(vm, provider) else {
         return false;
     };
     let record = hostcalls::get_shared_data(&record_key(&name, &remote))
         .ok()
         .and_then(|(bytes, _)| bytes);
     let (lease, _) = read_lease(&lease_key(&name, &remote));
-    let Some(view) = state.keys.remote_mut(provider) else {
+    let Some(view) = vm.keys.remote_mut(provider) else {
         return false;
     };
     let mut changed = view.lease != lease;
@@ -65,27 +65,20 @@ pub fn sync_from_shared(state: &mut VmState, provider: usize) -> bool {
 /// Lease updates lost to other workers' writes are retried this often (each retry re-reads).
 const LEASE_CAS_ATTEMPTS: usize = 4;
 
-/// Whether this VM has a fetch of the provider's keys queued or in flight.
-pub fn in_flight(state: &VmState, provider: usize) -> bool {
-    state.fetches.values().any(|f| f.provider == provider)
-        || state.queued_fetches.iter().any(|(p, _)| *p == provider)
-}
-
-/// Takes the fetch lease if no worker is fetching and the lease allows it now, and queues the
-/// fetch for the root context (`dispatch_queued`). Returns whether this VM will fetch.
-pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u64) -> bool {
-    let Some((name, remote)) = remote_of(state, provider) else {
-        return false;
-    };
-    if in_flight(state, provider) {
-        return false;
-    }
+/// Takes the provider's fetch lease if no worker is fetching and the lease allows a fetch now.
+/// The flow queues the fetch for the root context (`dispatch`).
+pub fn take_lease(
+    vm: &mut HostVm,
+    provider: usize,
+    reason: FetchReason,
+    now_ms: u64,
+) -> Option<Lease> {
+    let (name, remote) = remote_of(vm, provider)?;
     let key = lease_key(&name, &remote);
     let timeout_ms = u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX);
-    let mut taken = None;
     // A lost compare-and-swap means another worker just wrote the lease (most likely took it
-    // for the same rotation): read it again, so this VM sees that fetch as under way and its
-    // request waits for it rather than being refused for want of keys.
+    // for the same key rotation): read it again, so this VM sees that fetch as under way and
+    // its request waits for it rather than being refused for want of keys.
     for _ in 0..LEASE_CAS_ATTEMPTS {
         let (mut lease, mut cas) = read_lease(&key);
         if cas.is_none() {
@@ -93,47 +86,37 @@ pub fn start_fetch(state: &mut VmState, provider: usize, reason: FetchReason, no
             let _ = hostcalls::set_shared_data(&key, Some(&lease.encode()), None);
             (lease, cas) = read_lease(&key);
         }
-        if let Some(view) = state.keys.remote_mut(provider) {
+        if let Some(view) = vm.keys.remote_mut(provider) {
             view.lease = lease;
         }
-        let Some(wanted) = lease.try_start(now_ms, timeout_ms, reason) else {
-            return false;
-        };
+        let wanted = lease.try_start(now_ms, timeout_ms, reason)?;
         match hostcalls::set_shared_data(&key, Some(&wanted.encode()), cas) {
-            Ok(()) => {
-                taken = Some(wanted);
-                break;
-            }
+            Ok(()) => return Some(adopt_taken(vm, provider, wanted)),
             Err(Status::CasMismatch) => continue,
             Err(status) => {
                 warn!("provider {name}: cannot write the JWKS fetch lease: {status:?}");
-                return false;
+                return None;
             }
         }
     }
-    let Some(taken) = taken else {
-        return false;
-    };
-    if let Some(view) = state.keys.remote_mut(provider) {
+    None
+}
+
+fn adopt_taken(vm: &mut HostVm, provider: usize, taken: FetchLease) -> Lease {
+    if let Some(view) = vm.keys.remote_mut(provider) {
         view.lease = taken;
     }
-    state.queued_fetches.push((provider, reason));
-    let _ = hostcalls::set_tick_period(DISPATCH_TICK);
-    true
-}
-
-/// Dispatches the queued fetches. Called from the root context's tick only, so each answer
-/// comes back to the root context, which lives as long as the VM.
-pub fn dispatch_queued(state: &mut VmState, now_ms: u64) {
-    for (provider, reason) in std::mem::take(&mut state.queued_fetches) {
-        dispatch(state, provider, reason, now_ms);
+    Lease {
+        started_ms: taken.last_started_ms,
+        until_ms: taken.busy_until_ms,
     }
 }
 
-fn dispatch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u64) {
-    let Some((name, remote)) = remote_of(state, provider) else {
-        return;
-    };
+/// Sends a fetch of the provider's keys. Called from the root context's tick only, so that its
+/// answer comes back to the root context, which lives as long as the VM. `None` if it could
+/// not be sent.
+pub fn dispatch(vm: &mut HostVm, provider: usize, reason: FetchReason) -> Option<u32> {
+    let (name, remote) = remote_of(vm, provider)?;
     let headers = vec![
         (":method", "GET"),
         (":path", remote.path.as_str()),
@@ -146,63 +129,25 @@ fn dispatch(state: &mut VmState, provider: usize, reason: FetchReason, now_ms: u
                 "provider {name}: fetching JWKS from {} ({reason:?})",
                 remote.uri
             );
-            state.metrics.increment("meshguard_jwks_fetches_total");
-            let timeout_ms = u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX);
-            let deadline_ms = now_ms
-                .saturating_add(timeout_ms)
-                .saturating_add(LEASE_MARGIN_MS);
-            state.fetches.insert(
-                token,
-                InFlightFetch {
-                    provider,
-                    deadline_ms,
-                },
-            );
+            vm.metrics.increment("meshguard_jwks_fetches_total");
+            Some(token)
         }
         Err(status) => {
             warn!(
                 "provider {name}: cannot call cluster {:?} for JWKS ({status:?}); is the cluster defined?",
                 remote.cluster
             );
-            record_outcome(state, provider, false, now_ms);
+            None
         }
     }
 }
 
-/// Counts as failed every fetch whose answer is overdue (its timeout plus `LEASE_MARGIN_MS`),
-/// so that a lost answer never blocks the provider for good. Returns whether any was.
-pub fn expire_fetches(state: &mut VmState, now_ms: u64) -> bool {
-    let overdue: Vec<u32> = state
-        .fetches
-        .iter()
-        .filter(|(_, fetch)| fetch.deadline_ms <= now_ms)
-        .map(|(token, _)| *token)
-        .collect();
-    for token in &overdue {
-        if let Some(fetch) = state.fetches.remove(token) {
-            if let Some((name, _)) = remote_of(state, fetch.provider) {
-                warn!("provider {name}: JWKS fetch unanswered past its deadline; counted failed");
-            }
-            record_outcome(state, fetch.provider, false, now_ms);
-        }
-    }
-    !overdue.is_empty()
-}
-
-/// Whether `token` is one of this VM's JWKS fetches.
-pub fn is_fetch(state: &VmState, token: u32) -> bool {
-    state.fetches.contains_key(&token)
-}
-
-/// Handles a JWKS response (in whichever context received it). Returns the provider.
-pub fn finish_fetch(
-    state: &mut VmState,
-    token: u32,
-    body_size: usize,
-    now_ms: u64,
-) -> Option<usize> {
-    let provider = state.fetches.remove(&token)?.provider;
-    let (name, remote) = remote_of(state, provider)?;
+/// Reads the answer to the provider's fetch (in whichever context received it), and adopts
+/// and shares the keys it brings.
+pub fn finish_fetch(vm: &mut HostVm, provider: usize, body_size: usize, now_ms: u64) -> FetchEnd {
+    let Some((name, remote)) = remote_of(vm, provider) else {
+        return FetchEnd::Failed;
+    };
     // As bytes: the IdP's reply may carry anything, and the SDK's `String` reader traps on it.
     let status = header_value(MapType::HttpCallResponseHeaders, ":status");
     let succeeded = match status.as_deref() {
@@ -215,7 +160,7 @@ pub fn finish_fetch(
             .ok()
             .flatten()
             .unwrap_or_default();
-            match state
+            match vm
                 .keys
                 .remote_mut(provider)
                 .map(|view| view.adopt(now_ms, &body))
@@ -269,26 +214,35 @@ pub fn finish_fetch(
             false
         }
     };
-    record_outcome(state, provider, succeeded, now_ms);
-    Some(provider)
+    if succeeded {
+        FetchEnd::Fetched
+    } else {
+        FetchEnd::Failed
+    }
 }
 
-fn record_outcome(state: &mut VmState, provider: usize, succeeded: bool, now_ms: u64) {
-    if !succeeded {
-        state
-            .metrics
-            .increment("meshguard_jwks_fetch_failures_total");
-    }
-    let Some((name, remote)) = remote_of(state, provider) else {
+/// Records how this VM's fetch ended in the shared lease, unless another worker took the lease
+/// over since (it expired): that worker's fetch is under way, and must not be cut short.
+pub fn give_back_lease(vm: &mut HostVm, provider: usize, taken: Lease, end: FetchEnd, now_ms: u64) {
+    let Some((name, remote)) = remote_of(vm, provider) else {
         return;
     };
+    if end == FetchEnd::Unanswered {
+        warn!("provider {name}: JWKS fetch unanswered past its deadline; counted failed");
+    }
+    if end != FetchEnd::Fetched {
+        vm.metrics.increment("meshguard_jwks_fetch_failures_total");
+    }
     let key = lease_key(&name, &remote);
-    for _ in 0..4 {
+    for _ in 0..LEASE_CAS_ATTEMPTS {
         let (lease, cas) = read_lease(&key);
-        let done = lease.finished(succeeded, now_ms);
+        if lease.last_started_ms != taken.started_ms {
+            return;
+        }
+        let done = lease.finished(end == FetchEnd::Fetched, now_ms);
         match hostcalls::set_shared_data(&key, Some(&done.encode()), cas) {
             Ok(()) => {
-                if let Some(view) = state.keys.remote_mut(provider) {
+                if let Some(view) = vm.keys.remote_mut(provider) {
                     view.lease = done;
                 }
                 return;
@@ -299,34 +253,29 @@ fn record_outcome(state: &mut VmState, provider: usize, succeeded: bool, now_ms:
     }
 }
 
-/// Background work for one tick: adopt other workers' results, refresh stale keys.
-pub fn on_tick(state: &mut VmState, now_ms: u64) -> bool {
-    let mut changed = false;
-    for provider in 0..state.config.providers.len() {
-        let Some((_, remote)) = remote_of(state, provider) else {
+/// A tick's look at shared data: adopts other workers' keys and leases, and returns the
+/// providers whose keys are older than their `cache_duration`.
+pub fn sync_all(vm: &mut HostVm, now_ms: u64) -> Vec<usize> {
+    let mut stale = Vec::new();
+    for provider in 0..vm.config.providers.len() {
+        let Some((_, remote)) = remote_of(vm, provider) else {
             continue;
         };
-        changed |= sync_from_shared(state, provider);
+        sync_from_shared(vm, provider);
         let cache_ms = u64::try_from(remote.cache_duration.as_millis()).unwrap_or(u64::MAX);
-        let stale = state
+        if vm
             .keys
             .remote(provider)
-            .is_some_and(|view| view.is_stale(now_ms, cache_ms));
-        let waited_on = !state.waiters.is_empty()
-            && state
-                .keys
-                .remote(provider)
-                .is_some_and(|view| view.keys.is_none());
-        if stale {
-            start_fetch(state, provider, FetchReason::Refresh, now_ms);
-        } else if waited_on {
-            // The worker holding the lease may have gone; take over once it expires.
-            start_fetch(state, provider, FetchReason::FirstKeys, now_ms);
+            .is_some_and(|view| view.is_stale(now_ms, cache_ms))
+        {
+            stale.push(provider);
         }
     }
-    changed
+    stale
 }
 
-pub fn timeout_of(state: &VmState, provider: usize) -> Duration {
-    remote_of(state, provider).map_or(Duration::from_secs(1), |(_, remote)| remote.timeout)
+pub fn timeout_ms(vm: &HostVm, provider: usize) -> u64 {
+    remote_of(vm, provider).map_or(1_000, |(_, remote)| {
+        u64::try_from(remote.timeout.as_millis()).unwrap_or(u64::MAX)
+    })
 }

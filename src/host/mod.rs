@@ -1,6 +1,7 @@
-//! The proxy-wasm adapter: the only code that calls `proxy_wasm`. It gathers request facts,
-//! calls the pipeline, and carries out the decision: header changes, a local reply, or a pause
-//! while signing keys are fetched.
+//! The proxy-wasm adapter: the only code that calls `proxy_wasm`. It gathers facts (request
+//! headers, call answers, the time), hands them to the flow (`crate::flow`) as events, and turns
+//! the flow's effects into host calls: header changes, a local reply, resuming a paused stream,
+//! sending a rate-limit check or a key fetch, setting the tick.
 
 mod buckets;
 mod crypto;

@@ -11,12 +11,11 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use super::buckets::HostBuckets;
 use super::crypto::{detect_host_crypto, HostVerifier};
-use super::http::{
-    on_call_response, on_grpc_response, resume_delayed, resume_waiters, MeshguardHttp, Unconfigured,
-};
+use super::http::{on_call_response, on_grpc_response, perform, MeshguardHttp, Unconfigured};
 use super::jwks;
 use super::state::{now_ms, VmState};
 use crate::config;
+use crate::flow;
 
 pub struct MeshguardRoot {
     context_id: u32,
@@ -87,8 +86,8 @@ impl RootContext for MeshguardRoot {
                 return false;
             }
         };
-        let state = VmState::new(config, HostVerifier { host_crypto }, buckets);
-        let _ = hostcalls::set_tick_period(state.tick_period(now_ms()));
+        let state = VmState::new(config, HostVerifier { host_crypto }, buckets, now_ms());
+        let _ = hostcalls::set_tick_period(flow::IDLE_TICK);
         self.state = Some(Rc::new(RefCell::new(state)));
         true
     }
@@ -97,21 +96,20 @@ impl RootContext for MeshguardRoot {
         let Some(state) = self.state.clone() else {
             return;
         };
-        if let Ok(mut st) = state.try_borrow_mut() {
-            let now = now_ms();
-            jwks::expire_fetches(&mut st, now);
-            jwks::on_tick(&mut st, now);
-            // Fetches queued by streams (or just now) go out from here: answered to the root.
-            jwks::dispatch_queued(&mut st, now);
-            st.buckets.recheck_seed();
-            st.metrics.flush();
-        }
-        resume_waiters(&state, self.context_id);
-        resume_delayed(&state, self.context_id);
-        let period = state.try_borrow().map(|st| st.tick_period(now_ms()));
-        if let Ok(period) = period {
-            let _ = hostcalls::set_tick_period(period);
-        }
+        let now = now_ms();
+        let effects = {
+            let Ok(mut st) = state.try_borrow_mut() else {
+                return;
+            };
+            let VmState { flow, vm } = &mut *st;
+            let stale = jwks::sync_all(vm, now);
+            let effects = flow.tick(vm, now, &stale);
+            vm.buckets.recheck_seed();
+            vm.metrics.flush();
+            effects
+        };
+        // Fetches go out from here, so that they are answered to the root context.
+        perform(&state, effects, self.context_id, None, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -263,7 +263,7 @@ fn over_limit_from_the_service_is_429_with_its_numbers_and_refunds_local_tokens(
         let pending = pending(h.send("/global", "10.0.0.1", &[("x-api-key", "k")], 0));
         let decision =
             crate::pipeline::after_global(&h.config, pending, &[over(0, true)], &mut h.buckets);
-        let Decision::Deny { reply, .. } = decision else {
+        let crate::pipeline::Settled::Deny { reply, .. } = decision else {
             panic!("{decision:?}")
         };
         assert_eq!(reply.status, 429);
@@ -277,7 +277,10 @@ fn over_limit_from_the_service_is_429_with_its_numbers_and_refunds_local_tokens(
         let pending = pending(h.send("/global", "10.0.0.1", &[("x-api-key", "k")], 0));
         let decision =
             crate::pipeline::after_global(&h.config, pending, &[over(5, false)], &mut h.buckets);
-        assert!(matches!(decision, Decision::Allow(_)), "{decision:?}");
+        assert!(
+            matches!(decision, crate::pipeline::Settled::Allow(_)),
+            "{decision:?}"
+        );
     }
     assert_eq!(
         h.status("/global", "10.0.0.1", &[("x-api-key", "k")], 0),
@@ -291,11 +294,11 @@ fn an_unanswered_service_allows_unless_failure_mode_deny() {
     let lenient = pending(h.send("/global", "10.0.0.2", &[], 0));
     let decision =
         crate::pipeline::after_global(&h.config, lenient, &[GlobalAnswer::Failed], &mut h.buckets);
-    assert!(matches!(decision, Decision::Allow(_)));
+    assert!(matches!(decision, crate::pipeline::Settled::Allow(_)));
     let strict = pending(h.send("/strict", "10.0.0.2", &[], 0));
     let decision =
         crate::pipeline::after_global(&h.config, strict, &[GlobalAnswer::Failed], &mut h.buckets);
-    let Decision::Deny { reply, .. } = decision else {
+    let crate::pipeline::Settled::Deny { reply, .. } = decision else {
         panic!()
     };
     assert_eq!(reply.status, 503);
