@@ -8,6 +8,11 @@ counted as unexpected, and any request without an answer (connection error, time
 Envoy's memory (tcmalloc's allocated bytes, and the process's resident set, which includes the
 Wasm VMs' linear memory) is sampled throughout: start (after warm-up), peak and end.
 
+Hang-ups and a flaky IdP: a share of the requests (`--hang-up`, 10%) come from clients that
+close their connection right after sending, or a few milliseconds later, without reading the
+answer; a share of the IdP's answers (`--slow-idp`, 15%) come later than the fetch timeout. Neither
+may leave anything behind: no later request is answered wrongly, memory stays flat.
+
 Rotation, as an IdP does it safely: publish the next key beside the current one, sign with it
 once every worker has had time to fetch it (a third of the period, twice `cache_duration`),
 drop the old key a third later. Exit status 1 on any unexpected status, drop, or memory growth.
@@ -20,6 +25,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -126,8 +132,9 @@ class Keys:
 class Load:
     """Threads sending requests at a steady total rate over keep-alive connections."""
 
-    def __init__(self, port, keys, rate, threads):
-        self.port, self.keys, self.rate, self.threads = port, keys, rate, threads
+    def __init__(self, port, keys, rate, threads, hang_up):
+        self.port, self.keys, self.rate, self.threads, self.hang_up = port, keys, rate, threads, hang_up
+        self.hung_up = 0
         self.tally = collections.Counter()
         self.unexpected = collections.Counter()
         self.dropped = 0
@@ -159,6 +166,9 @@ class Load:
             kind = rng.choices(kinds, weights)[0]
             token = self.keys.token(kind, rng)
             headers = {"authorization": f"Bearer {token}"} if token else {}
+            if rng.random() < self.hang_up:
+                self._hang_up(f"/api/orders/{rng.randrange(1000)}", headers, rng)
+                continue
             try:
                 conn.request("GET", f"/api/orders/{rng.randrange(1000)}", headers=headers)
                 response = conn.getresponse()
@@ -178,6 +188,19 @@ class Load:
                     self.unexpected[(kind, status)] += 1
         conn.close()
 
+    def _hang_up(self, path, headers, rng):
+        """A client that sends its request and leaves: at once, or a few milliseconds later."""
+        head = f"GET {path} HTTP/1.1\r\nHost: svc\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers.items()) + "\r\n"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+                conn.sendall(head.encode())
+                if rng.random() < 0.5:
+                    time.sleep(rng.uniform(0, 0.02))
+        except OSError:
+            pass
+        with self.lock:
+            self.hung_up += 1
+
 
 def sample(envoy):
     return {
@@ -196,17 +219,21 @@ def main():
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rotate", type=int, default=60, help="seconds between key rotations")
     parser.add_argument("--report", type=int, default=60, help="seconds between progress lines")
+    parser.add_argument("--hang-up", type=float, default=0.10, help="share of requests whose client leaves mid-request")
+    parser.add_argument("--slow-idp", type=float, default=0.15, help="share of JWKS answers later than the fetch timeout")
     parser.add_argument("--out", default=str(REPO / "benches" / "results"))
     args = parser.parse_args()
 
     cache_duration_s = max(1, args.rotate // 6)
     upstream = Upstream().start()
     idp = Idp("{}").start()
+    # Later than the 1 s fetch timeout: Envoy gives up on it, the lease's back-off retries.
+    idp.slow_share, idp.delay = args.slow_idp, 1.5
     keys = Keys(idp, args.rotate)
     with tempfile.TemporaryDirectory() as workdir:
         envoy = Envoy(plugin_config(cache_duration_s), {"upstream": upstream.port, "idp": idp.port}, workdir, concurrency=2)
         envoy.start()
-        load = Load(envoy.listener_port, keys, args.rate, args.threads)
+        load = Load(envoy.listener_port, keys, args.rate, args.threads, args.hang_up)
         samples = []
         try:
             started = time.monotonic()
@@ -250,6 +277,9 @@ def main():
         "rotate_s": args.rotate,
         "cache_duration_s": cache_duration_s,
         "sent": load.sent,
+        "hung_up": load.hung_up,
+        "hang_up_share": args.hang_up,
+        "slow_idp_share": args.slow_idp,
         "achieved_rps": round(load.sent / duration, 1),
         "served_by_envoy": served,
         "dropped": load.dropped,
@@ -273,9 +303,11 @@ def main():
         "",
         f"Envoy 1.40.0, --concurrency 2, real upstream and IdP on loopback. {args.rate} req/s target "
         f"({result['achieved_rps']} achieved) for {args.seconds} s after {args.warm_up} s of warm-up; "
-        f"signing key rotated every {args.rotate} s (cache_duration {cache_duration_s} s); {USERS:,} users.",
+        f"signing key rotated every {args.rotate} s (cache_duration {cache_duration_s} s); {USERS:,} users; "
+        f"{args.hang_up:.0%} of clients hang up mid-request, {args.slow_idp:.0%} of JWKS answers come after the fetch timeout.",
         "",
-        f"Requests: {load.sent:,} sent, {served:,} completed by Envoy, **{load.dropped} dropped**, "
+        f"Requests: {load.sent:,} answered as expected or not, {load.hung_up:,} more whose client hung up, "
+        f"{served:,} completed by Envoy, **{load.dropped} dropped**, "
         f"**{sum(load.unexpected.values())} unexpected statuses**; {keys.rotations} key rotations, {fetches} JWKS fetches.",
         "",
         "| memory (MiB) | start | peak | end |",

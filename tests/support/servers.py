@@ -2,6 +2,7 @@
 provider whose JWKS endpoint can be healthy, slow, down or broken."""
 
 import json
+import random
 import socket
 import threading
 import time
@@ -107,13 +108,16 @@ class Idp(_Server):
     """Serves `jwks` at any path. `mode`: healthy, slow (sleeps `delay` s), garbage (HTML),
     error (500), empty (no usable keys), huge (a 10 MB document), body (serves `body` as
     application/json). `headers` ([(name, value)], values sent as latin-1, byte for byte) go on
-    every answer and replace a header of the same name. `fetches` counts requests."""
+    every answer and replace a header of the same name. `slow_share`: the share of answers, drawn
+    at random, that sleep `delay` s first whatever the mode. `fetches` counts requests."""
 
     def __init__(self, jwks, port=None):
         self.jwks = jwks
         self.headers = []
         self.mode = "healthy"
         self.delay = 0.0
+        self.slow_share = 0.0
+        self._random = random.Random(7)
         self.body = b""
         self.fetches = 0
         self._lock = threading.Lock()
@@ -123,6 +127,9 @@ class Idp(_Server):
             def do_GET(self):
                 with idp._lock:
                     idp.fetches += 1
+                    late = idp._random.random() < idp.slow_share
+                if late:
+                    time.sleep(idp.delay)
                 mode = idp.mode
                 status, body, ctype = 200, idp.jwks.encode(), "application/json"
                 if mode == "slow":
