@@ -1,6 +1,6 @@
 """`make soak` keeps working: a 20-second run of the soak against real Envoy, with one key
-rotation under load and clients hanging up mid-request, ends with every request answered as its kind should be. The ten-minute
-figures come from `make soak`, not from here."""
+rotation under load and clients hanging up mid-request, ends with every request answered as its
+kind should be. The ten-minute figures come from `make soak`, not from here."""
 
 import json
 import subprocess
