@@ -13,6 +13,7 @@
 
 pub mod accesslog;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod flow;
 pub mod hash;

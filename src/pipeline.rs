@@ -8,13 +8,14 @@ use crate::auth::cache::{TokenCache, VerifiedToken};
 use crate::auth::extract::{cookie_header_without, path_without_params, Location};
 use crate::auth::remote::FetchReason;
 use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
+use crate::authz::{self, AllowSide, Facts, Judgement};
 use crate::config::{Access, Config, Rule, Unmatched};
 use crate::ratelimit::bucket::Take;
 use crate::ratelimit::key::KeyFacts;
 use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
-use crate::rules::match_rule;
+use crate::rules::{self, match_rule};
 
 /// Header changes for the upstream request (removals first, then sets), and headers for the
 /// response on its way back.
@@ -35,6 +36,8 @@ pub struct Allowed {
     pub identities: Vec<Rc<VerifiedToken>>,
     /// What each rate-limit policy of the rule decided.
     pub limits: Vec<PolicyOutcome>,
+    /// What authorization recorded (dry-run refusals, audit marks), if anything.
+    pub authz: Option<accesslog::AuthzRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +139,7 @@ pub fn decide(
     mutations
         .remove
         .extend(request.underscore_twins.iter().cloned());
+    let preflight = config.authz.bypass_cors_preflight && is_cors_preflight(request);
     let Some((rule_index, rule)) = match_rule(&config.rules, request) else {
         return match config.unmatched {
             Unmatched::Deny => Decision::Deny {
@@ -143,25 +147,40 @@ pub fn decide(
                 reply: reply::no_rule_matches(),
                 limits: Vec::new(),
             },
-            Unmatched::Allow => Decision::Allow(Allowed {
-                rule: None,
-                mutations,
-                identities: Vec::new(),
-                limits: Vec::new(),
-            }),
+            Unmatched::Allow => {
+                let allowed = Allowed {
+                    rule: None,
+                    mutations,
+                    identities: Vec::new(),
+                    limits: Vec::new(),
+                    authz: None,
+                };
+                match authorize(config, None, allowed, request) {
+                    Ok(allowed) => Decision::Allow(allowed),
+                    Err(denied) => *denied,
+                }
+            }
         };
     };
     let requirement = match &rule.access {
-        Access::AllowUnauthenticated => {
+        Access::Requires(requirement) if !preflight => requirement,
+        // A CORS preflight carries no credentials (Fetch standard): as Envoy's jwt_authn
+        // `bypass_cors_preflight`, it is not authenticated, and its rule's own conditions, which
+        // would need a token, are not asked; deny rules still judge it.
+        access => {
+            let own = matches!(access, Access::AllowUnauthenticated).then_some(rule);
             let allowed = Allowed {
                 rule: Some(rule_index),
                 mutations,
                 identities: Vec::new(),
                 limits: Vec::new(),
+                authz: None,
             };
-            return limit(config, rule, allowed, request, buckets, env.now_ms);
+            return match authorize(config, own, allowed, request) {
+                Ok(allowed) => limit(config, rule, allowed, request, buckets, env.now_ms),
+                Err(denied) => *denied,
+            };
         }
-        Access::Requires(requirement) => requirement,
     };
 
     let mut outcomes: Vec<Option<ProviderOutcome>> = vec![None; config.providers.len()];
@@ -218,8 +237,12 @@ pub fn decide(
                 mutations,
                 identities,
                 limits: Vec::new(),
+                authz: None,
             };
-            limit(config, rule, allowed, request, buckets, env.now_ms)
+            match authorize(config, Some(rule), allowed, request) {
+                Ok(allowed) => limit(config, rule, allowed, request, buckets, env.now_ms),
+                Err(denied) => *denied,
+            }
         }
         Verdict::Missing => Decision::Deny {
             rule: Some(rule_index),
@@ -242,6 +265,109 @@ pub fn decide(
                 .collect(),
         ),
     }
+}
+
+/// `OPTIONS` with `Origin` and `Access-Control-Request-Method`, as Envoy's jwt_authn tells a
+/// CORS preflight.
+fn is_cors_preflight(request: &Request) -> bool {
+    let present = |name: &str| request.header_values(name).any(|v| !v.is_empty());
+    request.method == "OPTIONS" && present("origin") && present("access-control-request-method")
+}
+
+/// The authorization step, after authentication: deny rules, audit rules, then the request's
+/// own rule's `when` (`rule` is None when it is not to be asked). The tokens it reads are the
+/// ones authentication verified (`allowed.identities`).
+fn authorize(
+    config: &Config,
+    rule: Option<&Rule>,
+    mut allowed: Allowed,
+    request: &Request,
+) -> Result<Allowed, Box<Decision>> {
+    let authz = &config.authz;
+    let asks_rule = rule.is_some_and(|r| !r.when.is_empty());
+    if authz.deny.is_empty() && authz.audit.is_empty() && !asks_rule {
+        return Ok(allowed);
+    }
+    let facts = Facts {
+        request,
+        tokens: &allowed.identities,
+        providers: &config.providers,
+    };
+    let own = rule.filter(|_| asks_rule).map(|r| AllowSide {
+        rule: &r.name,
+        when: &r.when,
+        dry_run: r.dry_run,
+    });
+    let judgement = authz::judge(authz, own, &facts, &|matcher| {
+        rules::matches(matcher, request)
+    });
+    let record = authz_record(&judgement, &allowed, request);
+    let refusal = match (judgement.denied_by, &judgement.unmet, rule) {
+        (Some(deny_rule), _, _) => Some(reply::denied_by_rule(deny_rule)),
+        (None, Some(unmet), Some(rule)) => Some(
+            // No token was sent (a bad one was refused by authentication) and one could have
+            // met the condition: ask for it, as the rule's own `requires` would (RBAC says 403).
+            if allowed.identities.is_empty() && unmet.condition.is_none_or(|c| c.reads_token) {
+                reply::token_missing(&rule.name)
+            } else if let Some(scopes) = unmet.scopes {
+                reply::insufficient_scope(&rule.name, scopes)
+            } else {
+                reply::conditions_unmet(&rule.name)
+            },
+        ),
+        _ => None,
+    };
+    match refusal {
+        Some(mut reply) => {
+            reply.authz = record;
+            Err(Box::new(Decision::Deny {
+                rule: allowed.rule,
+                reply,
+                limits: Vec::new(),
+            }))
+        }
+        None => {
+            allowed.authz = record;
+            Ok(allowed)
+        }
+    }
+}
+
+/// The record of a judgement, or None when authorization let the request through quietly.
+fn authz_record(
+    judgement: &Judgement,
+    allowed: &Allowed,
+    request: &Request,
+) -> Option<accesslog::AuthzRecord> {
+    let first_dry_run = judgement.dry_run_denials.first();
+    let (decision, rule, condition) = if let Some(rule) = judgement.denied_by {
+        ("denied", Some(rule), None)
+    } else if let Some(unmet) = &judgement.unmet {
+        ("denied", None, unmet.condition)
+    } else if let Some(denial) = first_dry_run {
+        ("dry_run_denied", Some(denial.rule), denial.condition)
+    } else if !judgement.audited.is_empty() {
+        ("audited", None, None)
+    } else {
+        return None;
+    };
+    let principal = allowed
+        .identities
+        .iter()
+        .find_map(|token| token.principal.clone().or_else(|| token.subject.clone()))
+        .or_else(|| request.peer.as_ref().map(|peer| peer.principal.clone()));
+    Some(accesslog::AuthzRecord {
+        decision,
+        rule: rule.map(str::to_owned),
+        condition: condition.map(|c| c.label.clone()),
+        principal,
+        dry_run_denied: judgement
+            .dry_run_denials
+            .iter()
+            .map(|d| d.rule.to_owned())
+            .collect(),
+        audit: judgement.audited.iter().map(|r| (*r).to_owned()).collect(),
+    })
 }
 
 /// The rate-limit step: the rule's policies, keyed by what the request and its tokens carry.
@@ -356,7 +482,10 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Set
             refused_by,
         } => Settled::Deny {
             rule: allowed.rule,
-            reply: reply::rate_limited(config, &outcomes, refused_by),
+            reply: reply::LocalReply {
+                authz: allowed.authz,
+                ..reply::rate_limited(config, &outcomes, refused_by)
+            },
             limits: outcomes,
         },
         ratelimit::Verdict::ServiceUnavailable { policy } => Settled::Deny {
@@ -445,6 +574,7 @@ fn allowed_verdict(config: &Config, allowed: &Allowed) -> accesslog::Verdict {
         decision: accesslog::Decision::Allowed.name(),
         reason: None,
         rate_limits: limit_entries(config, &allowed.limits),
+        authz: allowed.authz.clone(),
     }
 }
 
@@ -461,5 +591,6 @@ fn denied_verdict(
         decision: accesslog::Decision::of_status(reply.status).name(),
         reason: Some(reply.reason.clone()),
         rate_limits: limit_entries(config, limits),
+        authz: reply.authz.clone(),
     }
 }

@@ -1,6 +1,7 @@
 //! The local replies meshguard sends instead of forwarding a request: status, headers and a
 //! small JSON body `{"error": ..., "reason": ...}` that never echoes the token.
 
+use crate::accesslog::AuthzRecord;
 use crate::auth::error::AuthError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct LocalReply {
     pub detail: &'static str,
     /// The reason in words (the body's `reason`), for the access log.
     pub reason: String,
+    /// What authorization concluded, for the access log (a refusal, or a dry run's would-be one).
+    pub authz: Option<AuthzRecord>,
 }
 
 fn json_body(error: &str, reason: &str) -> String {
@@ -57,6 +60,7 @@ fn reply(
         body: json_body(error, reason),
         detail,
         reason: reason.to_owned(),
+        authz: None,
     }
 }
 
@@ -118,6 +122,46 @@ pub fn no_rule_matches() -> LocalReply {
         "forbidden",
         "no rule matches the request",
         "meshguard_no_rule",
+    )
+}
+
+/// 403 for a request a deny rule refused. The rule is named; no claim value is.
+pub fn denied_by_rule(rule: &str) -> LocalReply {
+    reply(
+        403,
+        vec![],
+        "forbidden",
+        &format!("denied by rule {rule:?}"),
+        "meshguard_authz_denied",
+    )
+}
+
+/// 403 for a request whose rule's conditions do not hold.
+pub fn conditions_unmet(rule: &str) -> LocalReply {
+    reply(
+        403,
+        vec![],
+        "forbidden",
+        &format!("rule {rule:?} does not allow this request"),
+        "meshguard_authz_unmet",
+    )
+}
+
+/// 403 for a token without the scopes a rule needs: RFC 6750 §3.1 `insufficient_scope`, with
+/// the scopes required (§3: `scope`) so a client knows what to ask its authorization server for.
+pub fn insufficient_scope(rule: &str, scopes: &[String]) -> LocalReply {
+    reply(
+        403,
+        vec![(
+            "www-authenticate".into(),
+            format!(
+                "Bearer error=\"insufficient_scope\", scope={}",
+                quoted(&scopes.join(" "))
+            ),
+        )],
+        "forbidden",
+        &format!("rule {rule:?} needs scope {}", scopes.join(" ")),
+        "meshguard_insufficient_scope",
     )
 }
 
@@ -197,6 +241,18 @@ mod tests {
         assert_eq!(down.status, 503);
         assert_eq!(down.header("retry-after"), Some("1"));
         assert_eq!(no_rule_matches().status, 403);
+    }
+
+    #[test]
+    fn a_missing_scope_is_named_in_the_challenge() {
+        let r = insufficient_scope("orders", &["orders:write".into(), "orders:read".into()]);
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Bearer error="insufficient_scope", scope="orders:write orders:read""#)
+        );
+        assert_eq!(denied_by_rule("no-admin").status, 403);
+        assert!(conditions_unmet("api").body.contains("api"));
     }
 
     #[test]

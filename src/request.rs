@@ -1,5 +1,9 @@
 //! The facts about one request that the cores decide on, gathered by the host adapter.
 
+use std::net::IpAddr;
+
+use crate::authz::peer::PeerIdentity;
+
 /// Header names are lower-case (Envoy delivers them so); `headers` holds only those the
 /// configuration reads (`config::RequestReads`).
 #[derive(Debug, Clone, Default)]
@@ -11,6 +15,15 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
     pub client_ip: Option<String>,
+    /// The client address Envoy derived (from `X-Forwarded-For` under its trusted hops), when a
+    /// `remote.ip` condition needs it.
+    pub remote_ip: Option<IpAddr>,
+    /// The direct peer's address, when a `source.ip` condition needs it.
+    pub direct_ip: Option<IpAddr>,
+    /// The port the connection arrived on, when a rule needs it.
+    pub port: Option<u16>,
+    /// The mesh identity of an mTLS peer, when a rule needs it.
+    pub peer: Option<PeerIdentity>,
     /// Headers on the request whose names are a header meshguard writes with `_` for `-`
     /// (`x_user` for `x-user`): removed like the header itself, since CGI, WSGI and many
     /// frameworks read both names as one.
@@ -37,6 +50,10 @@ impl Request {
             authority: authority.to_owned(),
             headers,
             client_ip: None,
+            remote_ip: None,
+            direct_ip: None,
+            port: None,
+            peer: None,
             underscore_twins: Vec::new(),
         }
     }

@@ -1,5 +1,6 @@
 //! Request facts -> the first rule whose `match` holds.
 
+use crate::authz::pattern::TextPattern;
 use crate::config::{Rule, RuleMatch};
 use crate::request::Request;
 
@@ -36,7 +37,33 @@ pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
     {
         return false;
     }
-    if !matcher.hosts.is_empty() && !host_matches(&matcher.hosts, &request.authority) {
+    if matcher
+        .not_methods
+        .iter()
+        .any(|method| method.eq_ignore_ascii_case(&request.method))
+    {
+        return false;
+    }
+    if !matcher.paths.is_empty() && !matcher.paths.iter().any(|p| p.matches(path)) {
+        return false;
+    }
+    if matcher.not_paths.iter().any(|p| p.matches(path)) {
+        return false;
+    }
+    if !matcher.hosts.is_empty() || !matcher.not_hosts.is_empty() {
+        let (authority, host) = host_forms(&request.authority);
+        let named = |h: &TextPattern| h.matches(&host) || h.matches(&authority);
+        if !matcher.hosts.is_empty() && !matcher.hosts.iter().any(named) {
+            return false;
+        }
+        if matcher.not_hosts.iter().any(named) {
+            return false;
+        }
+    }
+    if !matcher.ports.is_empty() && !request.port.is_some_and(|p| matcher.ports.contains(&p)) {
+        return false;
+    }
+    if request.port.is_some_and(|p| matcher.not_ports.contains(&p)) {
         return false;
     }
     matcher
@@ -45,20 +72,18 @@ pub fn matches(matcher: &RuleMatch, request: &Request) -> bool {
         .all(|(name, value)| request.header_combined(name).as_deref() == Some(value.as_str()))
 }
 
-/// A host matches the authority exactly or without its port, ignoring case and a trailing dot
-/// (`admin.example.com.` and `admin.example.com:` name the same host as `admin.example.com`).
-/// Configured hosts are lower-case without a trailing dot (`config::validate`).
-fn host_matches(hosts: &[String], authority: &str) -> bool {
+/// An authority as configured hosts are compared with it: lower-case and without a trailing
+/// dot, whole and without its port (`admin.example.com.:8443` and `admin.example.com:` name
+/// `admin.example.com`). Configured hosts are lower-case without a trailing dot
+/// (`config::validate`); one written with a port matches the whole authority.
+fn host_forms(authority: &str) -> (String, String) {
     let authority = authority.to_ascii_lowercase();
     let without_port = match authority.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority.as_str(),
     };
     let bare = |name: &str| name.strip_suffix('.').unwrap_or(name).to_owned();
-    let (authority, without_port) = (bare(&authority), bare(without_port));
-    hosts
-        .iter()
-        .any(|host| *host == authority || *host == without_port)
+    (bare(&authority), bare(without_port))
 }
 
 #[cfg(test)]

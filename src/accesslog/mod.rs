@@ -83,6 +83,30 @@ pub struct LimitEntry {
     pub remaining: Option<u64>,
 }
 
+/// What authorization concluded, when it did more than let a request through quietly: a
+/// refusal, a dry run's would-be refusal, audit rules that held. Names rules and conditions,
+/// never a claim value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct AuthzRecord {
+    /// `denied`, `dry_run_denied` or `audited`.
+    pub decision: &'static str,
+    /// The rule that refused, or the first whose dry run would have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The condition that failed (`rules[2].when[0]: scopes`), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// The caller: the token's `iss/sub`, or the mTLS peer's SPIFFE id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Every dry-run rule that would have refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run_denied: Vec<String>,
+    /// Audit rules that held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<String>,
+}
+
 /// What meshguard decided, kept from the request phase to the log phase.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Verdict {
@@ -98,6 +122,8 @@ pub struct Verdict {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<LimitEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<AuthzRecord>,
 }
 
 /// Facts about the exchange, read from Envoy at the end of the stream.
@@ -222,7 +248,13 @@ pub fn should_log(
         return false;
     }
     let limited = verdict.rate_limits.iter().any(|l| l.decision != "allowed");
-    if verdict.decision != "allowed" || limited || status.is_some_and(|s| s >= 500) {
+    // A dry run's would-be refusal and an audit rule's mark are why those rules exist: never
+    // sampled away.
+    if verdict.decision != "allowed"
+        || limited
+        || verdict.authz.is_some()
+        || status.is_some_and(|s| s >= 500)
+    {
         return true;
     }
     if config.sample_rate >= 1.0 {

@@ -34,6 +34,7 @@ fn verdict() -> Verdict {
             decision: "allowed",
             remaining: Some(4),
         }],
+        authz: None,
     }
 }
 

@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub struct VerifiedToken {
     pub provider: usize,
     pub subject: Option<String>,
+    /// `iss/sub`, Istio's request principal, when the token has both.
+    pub principal: Option<String>,
     pub claims: Map<String, Value>,
     pub upstream_headers: Vec<(String, String)>,
 }
@@ -190,6 +192,7 @@ mod tests {
         Ok(Rc::new(VerifiedToken {
             provider: 0,
             subject: Some("alice".into()),
+            principal: None,
             claims: Map::new(),
             upstream_headers: vec![],
         }))

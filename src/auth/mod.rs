@@ -126,6 +126,12 @@ pub fn authenticate(
             let verified = Rc::new(VerifiedToken {
                 provider: provider_index,
                 subject: jws.claims.sub.clone(),
+                principal: jws
+                    .claims
+                    .iss
+                    .as_ref()
+                    .zip(jws.claims.sub.as_ref())
+                    .map(|(iss, sub)| format!("{iss}/{sub}")),
                 upstream_headers: outputs::upstream_headers(
                     provider,
                     &jws.claims.all,

@@ -1,6 +1,7 @@
 //! The pluginConfig contract (`../shared/design.md`): parsed from JSON, checked once, and held
 //! in types that cannot represent a bad value. Errors name the JSON path and the reason.
 
+mod conditions;
 mod duration;
 mod raw;
 #[cfg(feature = "cli")]
@@ -10,10 +11,14 @@ mod validate;
 use std::fmt;
 use std::time::Duration;
 
+pub use conditions::parse_key;
 pub use duration::{parse_duration, ConfigDuration};
+use validate::is_token_byte;
 
 use crate::auth::alg::Algorithm;
 use crate::auth::jwks::KeySet;
+use crate::authz::pattern::{PathPattern, TextPattern};
+use crate::authz::{Authorization, Condition};
 
 /// A configuration error: where in the JSON, and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +55,14 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
 pub struct Config {
     pub providers: Vec<Provider>,
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// The allow rules, in order: the first whose `match` holds is the request's rule.
     pub rules: Vec<Rule>,
+    /// Deny and audit rules, and `bypass_cors_preflight`.
+    pub authz: Authorization,
     pub unmatched: Unmatched,
     pub access_log: AccessLog,
+    /// Where Envoy put the direct peer's address, when `source.address` is not it.
+    pub direct_peer_header: Option<String>,
     /// Every header meshguard writes upstream; client-sent copies are removed on every request.
     pub output_headers: Vec<String>,
     /// What the pipeline reads from a request, so the host fetches only that.
@@ -67,6 +77,14 @@ pub struct RequestReads {
     pub authority: bool,
     /// The downstream address (a `client_ip` rate-limit key).
     pub client_ip: bool,
+    /// The address Envoy derived for the client (`remote.ip` conditions).
+    pub remote_ip: bool,
+    /// The direct peer's address (`source.ip` conditions).
+    pub direct_ip: bool,
+    /// The port the connection arrived on.
+    pub port: bool,
+    /// The mTLS peer certificate's URI SAN (`source.principal` and its kin).
+    pub peer: bool,
     /// Lower-case names of ordinary headers.
     pub headers: Vec<String>,
 }
@@ -90,6 +108,8 @@ pub struct Provider {
     pub clock_skew: Duration,
     pub algorithms: Vec<Algorithm>,
     pub require_expiration: bool,
+    /// Claims conditions split on spaces, besides `scope` and `scp`.
+    pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -138,16 +158,28 @@ pub struct Rule {
     pub access: Access,
     /// Indexes into `Config::rate_limits`.
     pub rate_limits: Vec<usize>,
+    /// Conditions that must all hold once the request is authenticated.
+    pub when: Vec<Condition>,
+    /// Its conditions decide and record but never refuse.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RuleMatch {
     pub path: Option<String>,
     pub prefix: Option<String>,
+    /// Istio's path forms and templates; empty matches any.
+    pub paths: Vec<PathPattern>,
+    pub not_paths: Vec<PathPattern>,
     /// Upper-case methods; empty matches any.
     pub methods: Vec<String>,
-    /// Lower-case hosts; empty matches any.
-    pub hosts: Vec<String>,
+    pub not_methods: Vec<String>,
+    /// Lower-case host forms, matched without port or trailing dot; empty matches any.
+    pub hosts: Vec<TextPattern>,
+    pub not_hosts: Vec<TextPattern>,
+    /// The port the connection arrived on; empty matches any.
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
     /// Lower-case names and exact values.
     pub headers: Vec<(String, String)>,
 }

@@ -23,6 +23,14 @@ pub struct RawConfig {
     pub unmatched: Option<String>,
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// As Envoy's jwt_authn: a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) needs no token.
+    #[serde(default)]
+    pub bypass_cors_preflight: bool,
+    /// A header Envoy writes with the direct peer's address before any filter runs
+    /// (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%`, overwriting a client's copy), for
+    /// `source.ip` where the connection manager trusts X-Forwarded-For hops.
+    pub direct_peer_header: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -50,6 +58,9 @@ pub struct RawProvider {
     /// As Envoy's `require_expiration`: refuse tokens without `exp`.
     #[serde(default)]
     pub require_expiration: bool,
+    /// Claims read as space-delimited lists by conditions, besides `scope` and `scp`.
+    #[serde(default)]
+    pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -140,8 +151,20 @@ pub struct RawRateLimitService {
 #[cfg_attr(feature = "cli", schemars(rename = "Rule"))]
 pub struct RawRule {
     pub name: String,
-    #[serde(rename = "match")]
+    /// `allow` (the default), `deny` or `audit`.
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::action"))]
+    pub action: Option<String>,
+    #[serde(rename = "match", default)]
     pub matcher: RawMatch,
+    // Parsed from Values in `validate.rs`: conditions nest (all / any / not).
+    /// Conditions that must all hold.
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::when"))]
+    pub when: Option<Vec<serde_json::Value>>,
+    /// Decide and record, never refuse.
+    #[serde(default)]
+    pub dry_run: bool,
     // Parsed from a Value in `validate.rs`, for errors clearer than serde's.
     /// The providers a request must satisfy: `"corp"`, `{"any": [...]}` or `{"all": [...]}`.
     #[serde(default)]
@@ -162,8 +185,16 @@ pub struct RawRule {
 pub struct RawMatch {
     pub path: Option<String>,
     pub prefix: Option<String>,
+    /// Istio's forms: exact, `prefix*`, `*suffix`, `*`, and `{*}` / `{**}` templates.
+    pub paths: Option<Vec<String>>,
+    pub not_paths: Option<Vec<String>>,
     pub methods: Option<Vec<String>>,
+    pub not_methods: Option<Vec<String>>,
     pub hosts: Option<Vec<String>>,
+    pub not_hosts: Option<Vec<String>>,
+    /// The port the connection arrived on.
+    pub ports: Option<Vec<u16>>,
+    pub not_ports: Option<Vec<u16>>,
     pub headers: Option<BTreeMap<String, String>>,
 }
 

@@ -105,3 +105,55 @@ pub fn algorithms(_: &mut SchemaGenerator) -> Schema {
 pub fn sample_rate(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": ["number", "null"], "minimum": 0, "maximum": 1, "default": 1})
 }
+
+pub fn action(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["allow", "deny", "audit", null], "default": "allow"})
+}
+
+/// The attribute keys a `key` condition names (`README.md` "Authorization").
+const CONDITION_KEY_PATTERN: &str = r"^(request\.auth\.claims(\[[^\[\]]+\])+|request\.auth\.(principal|audiences|presenter)|source\.(principal|namespace|service_account|trust_domain|ip)|remote\.ip|request\.headers\[[!#$%&'*+.^_`|~0-9A-Za-z-]+\]|request\.(path|method|host)|destination\.port)$";
+
+/// Schema-only mirror of a condition: a `key` with `values` / `not_values`, `scopes`,
+/// `max_lifetime`, or `all` / `any` / `not` of conditions; each may be a `dry_run`.
+pub struct Condition;
+
+impl JsonSchema for Condition {
+    fn schema_name() -> Cow<'static, str> {
+        "Condition".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let this = generator.subschema_for::<Condition>();
+        let duration = generator.subschema_for::<ConfigDuration>();
+        let strings = json_schema!({"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}});
+        json_schema!({
+            "description": "A condition: {\"key\": ..., \"values\": [...], \"not_values\": [...]}, {\"scopes\": [...]}, {\"max_lifetime\": \"1h\"}, or {\"all\"|\"any\": [...]} / {\"not\": {...}}; any may carry \"dry_run\": true.",
+            "type": "object",
+            "properties": {
+                "key": {"type": "string", "pattern": CONDITION_KEY_PATTERN},
+                "values": strings,
+                "not_values": strings,
+                "scopes": strings,
+                "max_lifetime": duration,
+                "all": {"type": "array", "minItems": 1, "items": this},
+                "any": {"type": "array", "minItems": 1, "items": this},
+                "not": this,
+                "dry_run": {"type": "boolean"}
+            },
+            "additionalProperties": false,
+            "oneOf": [
+                {"required": ["key"], "anyOf": [{"required": ["values"]}, {"required": ["not_values"]}]},
+                {"required": ["scopes"]},
+                {"required": ["max_lifetime"]},
+                {"required": ["all"]},
+                {"required": ["any"]},
+                {"required": ["not"]}
+            ]
+        })
+    }
+}
+
+pub fn when(generator: &mut SchemaGenerator) -> Schema {
+    let condition = generator.subschema_for::<Condition>();
+    json_schema!({"type": ["array", "null"], "items": condition})
+}

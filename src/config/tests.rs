@@ -321,5 +321,10 @@ fn hosts_are_kept_without_case_or_a_trailing_dot() {
     let mut value = design_example();
     value["rules"][0]["match"]["hosts"] = json!(["Admin.Example.com."]);
     let config = parse_value(&value).unwrap();
-    assert_eq!(config.rules[0].matcher.hosts, vec!["admin.example.com"]);
+    assert_eq!(
+        config.rules[0].matcher.hosts,
+        vec![crate::authz::pattern::TextPattern::Exact(
+            "admin.example.com".into()
+        )]
+    );
 }

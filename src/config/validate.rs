@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::conditions;
 use super::raw::*;
 use super::*;
 use crate::auth::jwks::{parse_jwks, KeySet, SymmetricKeys};
+use crate::authz::pattern::{PathPattern, TextPattern};
+use crate::authz::{Authorization, ConditionReads, PolicyRule};
 
 const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_JWKS_CACHE_DURATION: Duration = Duration::from_secs(600);
@@ -48,10 +51,7 @@ fn without_position(message: &str) -> String {
 
 /// Header names meshguard may read or write: RFC 9110 token characters, stored lower-case.
 fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let valid = !name.is_empty() && name.bytes().all(is_token_byte);
     if !valid {
         return Err(ConfigError::new(
             path,
@@ -102,15 +102,27 @@ impl Builder {
             .map(|(name, policy)| build_rate_limit(name, policy))
             .collect::<Result<Vec<_>, _>>()?;
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        let mut authz = Authorization {
+            bypass_cors_preflight: raw.bypass_cors_preflight,
+            ..Authorization::default()
+        };
         for (index, rule) in raw.rules.iter().enumerate() {
-            let built = self.build_rule(&format!("rules[{index}]"), rule)?;
-            if let Some(earlier) = rules.iter().position(|r| r.name == built.name) {
+            if let Some(earlier) = raw
+                .rules
+                .iter()
+                .take(index)
+                .position(|r| r.name == rule.name)
+            {
                 return Err(ConfigError::new(
                     format!("rules[{index}].name"),
-                    format!("{:?} is already the name of rules[{earlier}]", built.name),
+                    format!("{:?} is already the name of rules[{earlier}]", rule.name),
                 ));
             }
-            rules.push(built);
+            match self.build_rule(&format!("rules[{index}]"), rule)? {
+                Built::Allow(rule) => rules.push(rule),
+                Built::Deny(rule) => authz.deny.push(rule),
+                Built::Audit(rule) => authz.audit.push(rule),
+            }
         }
         let unmatched = match raw.unmatched.as_deref() {
             None | Some("deny") => Unmatched::Deny,
@@ -146,11 +158,23 @@ impl Builder {
                 }
             }
         }
-        let reads = request_reads(&providers, &rules, &rate_limits);
+        let direct_peer_header = raw
+            .direct_peer_header
+            .as_deref()
+            .map(|name| header_name("direct_peer_header", name))
+            .transpose()?;
+        let mut reads = request_reads(&providers, &rules, &authz, &rate_limits);
+        if let (true, Some(name)) = (reads.direct_ip, &direct_peer_header) {
+            if !reads.headers.contains(name) {
+                reads.headers.push(name.clone());
+            }
+        }
         Ok(Config {
             providers,
             rate_limits,
             rules,
+            authz,
+            direct_peer_header,
             unmatched,
             access_log,
             output_headers,
@@ -158,9 +182,44 @@ impl Builder {
         })
     }
 
-    fn build_rule(&self, path: &str, raw: &RawRule) -> Result<Rule, ConfigError> {
+    fn build_rule(&self, path: &str, raw: &RawRule) -> Result<Built, ConfigError> {
         non_empty(&format!("{path}.name"), &raw.name)?;
         let matcher = build_match(&format!("{path}.match"), &raw.matcher)?;
+        let when = conditions::build_when(&format!("{path}.when"), raw.when.as_deref())?;
+        let action = raw.action.as_deref().unwrap_or("allow");
+        if action != "allow" {
+            // Deny and audit rules judge; they never choose authentication or rate limits.
+            let set = [
+                ("requires", raw.requires.is_some()),
+                ("allow_unauthenticated", raw.allow_unauthenticated),
+                ("allow_missing", raw.allow_missing),
+                ("rate_limits", !raw.rate_limits.is_empty()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    format!("{path}.{field}"),
+                    format!("only an allow rule has {field}; a {action} rule judges requests another rule authenticates"),
+                ));
+            }
+            let rule = PolicyRule {
+                name: raw.name.clone(),
+                matcher,
+                when,
+                dry_run: raw.dry_run,
+            };
+            return match action {
+                "deny" => Ok(Built::Deny(rule)),
+                "audit" if raw.dry_run => Err(ConfigError::new(
+                    format!("{path}.dry_run"),
+                    "an audit rule never refuses, so it has no dry run",
+                )),
+                "audit" => Ok(Built::Audit(rule)),
+                other => Err(ConfigError::new(
+                    format!("{path}.action"),
+                    format!("{other:?} is not \"allow\", \"deny\" or \"audit\""),
+                )),
+            };
+        }
         let access = match (&raw.requires, raw.allow_unauthenticated) {
             (Some(_), true) => {
                 return Err(ConfigError::new(
@@ -179,6 +238,13 @@ impl Builder {
                     return Err(ConfigError::new(
                         format!("{path}.allow_missing"),
                         "only applies to a rule with requires",
+                    ));
+                }
+                // Such a rule verifies no token, so a condition on one could never hold.
+                if let Some(condition) = first_reading_token(&when) {
+                    return Err(ConfigError::new(
+                        condition.label.split(':').next().unwrap_or(path),
+                        "reads the token, but the rule is allow_unauthenticated: use requires with allow_missing to read a token when there is one",
                     ));
                 }
                 Access::AllowUnauthenticated
@@ -205,12 +271,14 @@ impl Builder {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Rule {
+        Ok(Built::Allow(Rule {
             name: raw.name.clone(),
             matcher,
             access,
             rate_limits,
-        })
+            when,
+            dry_run: raw.dry_run,
+        }))
     }
 
     fn build_requirement(&self, path: &str, raw: &Value) -> Result<Requirement, ConfigError> {
@@ -292,20 +360,61 @@ impl Builder {
     }
 }
 
+fn first_reading_token(conditions: &[crate::authz::Condition]) -> Option<&crate::authz::Condition> {
+    conditions.iter().find(|c| c.reads_token)
+}
+
+/// What `build_rule` made of a rule, by action.
+enum Built {
+    Allow(Rule),
+    Deny(PolicyRule),
+    Audit(PolicyRule),
+}
+
+/// RFC 9110 token characters (header names).
+pub(super) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn request_reads(
     providers: &[Provider],
     rules: &[Rule],
+    authz: &Authorization,
     rate_limits: &[RateLimitPolicy],
 ) -> RequestReads {
     let mut headers: Vec<String> = Vec::new();
+    let mut conditions = ConditionReads::default();
+    let matchers = rules.iter().map(|r| (&r.matcher, r.when.as_slice())).chain(
+        authz
+            .deny
+            .iter()
+            .chain(&authz.audit)
+            .map(|r| (&r.matcher, r.when.as_slice())),
+    );
+    for (matcher, when) in matchers {
+        crate::authz::collect_reads(when, &mut conditions, &mut headers);
+        conditions.method |= !matcher.methods.is_empty() || !matcher.not_methods.is_empty();
+        conditions.authority |= !matcher.hosts.is_empty() || !matcher.not_hosts.is_empty();
+        conditions.port |= !matcher.ports.is_empty() || !matcher.not_ports.is_empty();
+        for (name, _) in &matcher.headers {
+            if !headers.contains(name) {
+                headers.push(name.clone());
+            }
+        }
+    }
+    if authz.bypass_cors_preflight {
+        conditions.method = true;
+        for name in ["origin", "access-control-request-method"] {
+            if !headers.iter().any(|h| h == name) {
+                headers.push(name.to_owned());
+            }
+        }
+    }
     let mut add = |name: &str| {
         if !headers.iter().any(|h| h == name) {
             headers.push(name.to_owned());
         }
     };
-    for rule in rules {
-        rule.matcher.headers.iter().for_each(|(name, _)| add(name));
-    }
     for provider in providers {
         provider.locations.headers.iter().for_each(|h| add(&h.name));
         if !provider.locations.cookies.is_empty() {
@@ -321,9 +430,13 @@ fn request_reads(
         }
     }
     RequestReads {
-        method: rules.iter().any(|r| !r.matcher.methods.is_empty()),
-        authority: rules.iter().any(|r| !r.matcher.hosts.is_empty()),
+        method: conditions.method,
+        authority: conditions.authority,
         client_ip,
+        remote_ip: conditions.remote_ip,
+        direct_ip: conditions.source_ip,
+        port: conditions.port,
+        peer: conditions.peer,
         headers,
     }
 }
@@ -345,28 +458,40 @@ fn build_match(path: &str, raw: &RawMatch) -> Result<RuleMatch, ConfigError> {
             }
         }
     }
-    let methods = raw
-        .methods
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, m)| {
-            non_empty(&format!("{path}.methods[{i}]"), m)?;
-            Ok(m.to_ascii_uppercase())
-        })
-        .collect::<Result<Vec<_>, ConfigError>>()?;
-    let hosts = raw
-        .hosts
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, h)| {
-            non_empty(&format!("{path}.hosts[{i}]"), h)?;
-            // Matched as Envoy names hosts: no case, no trailing dot (`rules::host_matches`).
-            let host = h.to_ascii_lowercase();
-            Ok(host.strip_suffix('.').map_or(host.clone(), str::to_owned))
-        })
-        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let paths = |field: &str, list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = format!("{path}.{field}[{i}]");
+                non_empty(&at, p)?;
+                PathPattern::parse(p).map_err(|reason| ConfigError::new(at, reason))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
+    let methods = |field: &str, list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, m)| {
+                non_empty(&format!("{path}.{field}[{i}]"), m)?;
+                Ok(m.to_ascii_uppercase())
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
+    let hosts = |field: &str, list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, h)| {
+                non_empty(&format!("{path}.{field}[{i}]"), h)?;
+                // Matched as Envoy names hosts: no case, no port, no trailing dot
+                // (`rules::host_matches`).
+                let host = h.to_ascii_lowercase();
+                Ok(TextPattern::parse(host.strip_suffix('.').unwrap_or(&host)))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
     let headers = raw
         .headers
         .iter()
@@ -381,8 +506,14 @@ fn build_match(path: &str, raw: &RawMatch) -> Result<RuleMatch, ConfigError> {
     Ok(RuleMatch {
         path: raw.path.clone(),
         prefix: raw.prefix.clone(),
-        methods,
-        hosts,
+        paths: paths("paths", &raw.paths)?,
+        not_paths: paths("not_paths", &raw.not_paths)?,
+        methods: methods("methods", &raw.methods)?,
+        not_methods: methods("not_methods", &raw.not_methods)?,
+        hosts: hosts("hosts", &raw.hosts)?,
+        not_hosts: hosts("not_hosts", &raw.not_hosts)?,
+        ports: raw.ports.clone().unwrap_or_default(),
+        not_ports: raw.not_ports.clone().unwrap_or_default(),
         headers,
     })
 }
@@ -521,6 +652,10 @@ fn build_provider(name: &str, raw: &RawProvider) -> Result<Provider, ConfigError
         clock_skew,
         algorithms,
         require_expiration: raw.require_expiration,
+        space_delimited_claims: named_list(
+            &format!("{path}.space_delimited_claims"),
+            Some(&raw.space_delimited_claims),
+        )?,
     })
 }
 

@@ -157,6 +157,7 @@ impl FakeVm {
             mutations: Default::default(),
             identities: Vec::new(),
             limits: Vec::new(),
+            authz: None,
         };
         match plan {
             Plan::Allow => Decision::Allow(allowed),

@@ -3,11 +3,14 @@
 //! a client or a dependency may send any byte, and the SDK's `String` helpers trap the VM on one
 //! that is not UTF-8 (they are forbidden by `clippy.toml`).
 
+use std::net::IpAddr;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 
 use super::state::now_ms;
 use crate::accesslog::{self, escaped};
+use crate::authz::peer::PeerIdentity;
 use crate::config::{Config, RequestReads};
 use crate::headermap::{self, RawHeader};
 use crate::ratelimit::key::ip_of_address;
@@ -57,6 +60,14 @@ fn number_property(path: &[&str]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes.as_slice())
         .ok()
         .map(u64::from_le_bytes)
+}
+
+/// The mesh identity in the mTLS peer certificate's first URI SAN, if the peer sent one.
+fn peer_identity() -> Option<PeerIdentity> {
+    let bytes = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+        .ok()
+        .flatten()?;
+    PeerIdentity::from_uri_san(std::str::from_utf8(&bytes).ok()?)
 }
 
 fn source_address() -> Option<String> {
@@ -136,7 +147,12 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
     } else {
         Headers::EachByName
     };
-    let client_address = (reads.client_ip || logging).then(source_address).flatten();
+    let client_address = (reads.client_ip || reads.remote_ip || reads.direct_ip || logging)
+        .then(source_address)
+        .flatten();
+    let remote_ip = client_address
+        .as_deref()
+        .and_then(|address| ip_of_address(address).parse::<IpAddr>().ok());
     let path = headers.get(":path").unwrap_or_default();
     let method = (reads.method || logging)
         .then(|| headers.get(":method"))
@@ -164,7 +180,29 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
             .collect(),
         ..accesslog::Exchange::default()
     });
+    // Envoy hands Wasm one downstream address, the one it derived (`source.address`): the
+    // direct peer unless the connection manager trusts X-Forwarded-For hops. Where it does, the
+    // operator has Envoy write the direct peer into `direct_peer_header` before any filter runs.
+    let direct_ip = if reads.direct_ip {
+        match &config.direct_peer_header {
+            Some(name) => headers
+                .get(name)
+                .and_then(|value| String::from_utf8(value).ok())
+                .and_then(|text| ip_of_address(text.trim()).parse::<IpAddr>().ok()),
+            None => remote_ip,
+        }
+    } else {
+        None
+    };
     let request = Request {
+        remote_ip: remote_ip.filter(|_| reads.remote_ip),
+        direct_ip,
+        port: reads
+            .port
+            .then(|| number_property(&["destination", "port"]))
+            .flatten()
+            .and_then(|port| u16::try_from(port).ok()),
+        peer: reads.peer.then(peer_identity).flatten(),
         client_ip: reads
             .client_ip
             .then_some(client_address)
