@@ -343,7 +343,7 @@ fn authz_record(
     let (decision, rule, condition) = if let Some(rule) = judgement.denied_by {
         ("denied", Some(rule), None)
     } else if let Some(unmet) = &judgement.unmet {
-        ("denied", None, unmet.condition)
+        ("denied", Some(unmet.rule), unmet.condition)
     } else if let Some(denial) = first_dry_run {
         ("dry_run_denied", Some(denial.rule), denial.condition)
     } else if !judgement.audited.is_empty() {

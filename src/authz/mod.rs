@@ -200,11 +200,7 @@ impl Facts<'_> {
                     seen(&peer.trust_domain);
                 }
             }
-            Key::Header(name) => {
-                if let Some(value) = self.request.header_combined(name) {
-                    seen(&value);
-                }
-            }
+            Key::Header(name) => self.request.header_values(name).for_each(&mut seen),
             Key::Path => seen(self.request.path_only()),
             Key::Method => seen(&self.request.method),
             Key::Host => seen(&self.request.authority),
@@ -262,6 +258,32 @@ impl Facts<'_> {
             }
         });
         present && any_value && !any_not_value
+    }
+
+    /// A header condition. Envoy's rbac compares each line of a repeated header on its own and
+    /// holds if any line does, so a client can add a friendlier copy to meet an allow rule. Here
+    /// a repeated header is read the way that lets the request through least: when holding lets
+    /// it through (`pass`), every line must hold; when holding refuses it, any line will do.
+    fn header_holds(
+        &self,
+        name: &str,
+        values: Option<&Values>,
+        not_values: Option<&Values>,
+        pass: bool,
+    ) -> bool {
+        let line_holds = |line: &str| {
+            values.is_none_or(|v| matches_value(v, line))
+                && !not_values.is_some_and(|v| matches_value(v, line))
+        };
+        let mut lines = self.request.header_values(name).peekable();
+        if lines.peek().is_none() {
+            return false;
+        }
+        if pass {
+            lines.all(line_holds)
+        } else {
+            lines.any(line_holds)
+        }
     }
 
     fn scopes_granted(&self, scopes: &[String]) -> bool {
@@ -328,19 +350,35 @@ fn each_string(value: &Value, split: bool, visit: &mut dyn FnMut(&str)) {
     }
 }
 
-/// How a condition is read: as it is, or as enforcement reads it, where a dry-run condition
-/// takes whichever value lets the request through (`pass` is that value here; `not` flips it).
+/// How a condition is read. `pass` is the value that lets the request through (true in an
+/// allow rule's `when`, false in a deny rule's; `not` flips it). Enforcement reads a dry-run
+/// condition as `pass`; the actual reading uses its real value. A repeated header is read the
+/// way that lets the request through least (`Facts::header_holds`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reading {
-    Actual,
-    Enforced { pass: bool },
+struct Reading {
+    enforced: bool,
+    pass: bool,
+}
+
+impl Reading {
+    fn flipped(self) -> Reading {
+        Reading {
+            pass: !self.pass,
+            ..self
+        }
+    }
 }
 
 fn holds(condition: &Condition, facts: &Facts, reading: Reading) -> bool {
-    if let (true, Reading::Enforced { pass }) = (condition.dry_run, reading) {
-        return pass;
+    if condition.dry_run && reading.enforced {
+        return reading.pass;
     }
     match &condition.test {
+        Test::Attribute {
+            key: Key::Header(name),
+            values,
+            not_values,
+        } => facts.header_holds(name, values.as_ref(), not_values.as_ref(), reading.pass),
         Test::Attribute {
             key,
             values,
@@ -350,13 +388,7 @@ fn holds(condition: &Condition, facts: &Facts, reading: Reading) -> bool {
         Test::MaxLifetime(max_s) => facts.lifetimes_within(*max_s),
         Test::All(children) => children.iter().all(|c| holds(c, facts, reading)),
         Test::Any(children) => children.iter().any(|c| holds(c, facts, reading)),
-        Test::Not(child) => {
-            let flipped = match reading {
-                Reading::Actual => Reading::Actual,
-                Reading::Enforced { pass } => Reading::Enforced { pass: !pass },
-            };
-            !holds(child, facts, flipped)
-        }
+        Test::Not(child) => !holds(child, facts, reading.flipped()),
     }
 }
 
@@ -368,8 +400,8 @@ fn first_failure<'c>(
     reading: Reading,
 ) -> Option<&'c Condition> {
     let failed = conditions.iter().find(|c| !holds(c, facts, reading))?;
-    match (&failed.test, failed.dry_run, reading) {
-        (Test::All(children), false, _) | (Test::All(children), true, Reading::Actual) => {
+    match &failed.test {
+        Test::All(children) if !(failed.dry_run && reading.enforced) => {
             first_failure(children, facts, reading).or(Some(failed))
         }
         _ => Some(failed),
@@ -390,19 +422,31 @@ fn any_dry_run(conditions: &[Condition]) -> bool {
 /// Whether a rule's `when` holds: as enforced, and as it would with its dry-run parts enforced.
 /// `pass` is the value that lets the request through (true for an allow rule's `when`).
 fn when_holds(when: &[Condition], facts: &Facts, pass: bool) -> (bool, bool) {
-    let enforced = when
-        .iter()
-        .all(|c| holds(c, facts, Reading::Enforced { pass }));
+    let reading = Reading {
+        enforced: true,
+        pass,
+    };
+    let enforced = when.iter().all(|c| holds(c, facts, reading));
     if !any_dry_run(when) {
         return (enforced, enforced);
     }
-    let actual = when.iter().all(|c| holds(c, facts, Reading::Actual));
+    let actual = when.iter().all(|c| {
+        holds(
+            c,
+            facts,
+            Reading {
+                enforced: false,
+                pass,
+            },
+        )
+    });
     (enforced, actual)
 }
 
 /// Why the request's own allow rule refused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unmet<'c> {
+    pub rule: &'c str,
     /// None only if the conditions changed their minds between two readings (they cannot).
     pub condition: Option<&'c Condition>,
     /// The scopes the failed condition wants (an `insufficient_scope` challenge).
@@ -466,7 +510,7 @@ pub fn judge<'c>(
         }
     }
     for rule in &authz.audit {
-        if matches(&rule.matcher) && when_holds(&rule.when, facts, true).1 {
+        if matches(&rule.matcher) && when_holds(&rule.when, facts, false).1 {
             judgement.audited.push(&rule.name);
         }
     }
@@ -482,13 +526,13 @@ pub fn judge<'c>(
     }
     // Enforcement refuses only on a condition that is not a dry run; the record of a dry run
     // names the condition that would have refused.
-    let reading = if enforced {
-        Reading::Actual
-    } else {
-        Reading::Enforced { pass: true }
+    let reading = Reading {
+        enforced: !enforced,
+        pass: true,
     };
     let condition = first_failure(allow.when, facts, reading);
     let unmet = Unmet {
+        rule: allow.rule,
         condition,
         scopes: condition.and_then(|c| match &c.test {
             Test::Scopes(scopes) => Some(scopes.as_slice()),

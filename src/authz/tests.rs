@@ -578,3 +578,32 @@ fn unmatched_allow_still_meets_deny_rules() {
     assert_eq!(status(&run(&config, &call("/private/x"))), 403);
     assert_eq!(status(&run(&config, &call("/public"))), 200);
 }
+
+#[test]
+fn a_repeated_header_never_helps_the_client() {
+    let config = config(
+        json!([
+            {"name": "blocked", "action": "deny", "when": [{"key": "request.headers[x-tenant]", "values": ["blocked-*"]}]},
+            {"name": "acme-only", "allow_unauthenticated": true, "when": [{"key": "request.headers[x-tenant]", "values": ["acme"]}]}
+        ]),
+        json!({}),
+    );
+    let with = |lines: Vec<(&'static str, &'static str)>| {
+        let mut c = call("/");
+        c.headers = lines;
+        status(&run(&config, &c))
+    };
+    assert_eq!(with(vec![("x-tenant", "acme")]), 200);
+    assert_eq!(with(vec![("x-tenant", "acme"), ("x-tenant", "acme")]), 200);
+    // rbac would allow this (one line is acme); an allow rule needs every line to hold.
+    assert_eq!(
+        with(vec![("x-tenant", "initech"), ("x-tenant", "acme")]),
+        403
+    );
+    // A deny rule holds on any line, as rbac's does.
+    assert_eq!(
+        with(vec![("x-tenant", "acme"), ("x-tenant", "blocked-1")]),
+        403
+    );
+    assert_eq!(with(vec![]), 403);
+}

@@ -88,9 +88,17 @@ impl Metrics {
 /// `meshguard_requests_total` for one rule and decision. Rule names become part of the stat
 /// name, with characters Prometheus does not allow replaced by `_`.
 fn requests_metric(rule: Option<&str>, decision: &str) -> String {
-    let rule: String = rule
-        .unwrap_or("none")
-        .chars()
+    let rule = stat_name_part(rule.unwrap_or("none"));
+    format!("meshguard_requests_total.rule.{rule}.decision.{decision}")
+}
+
+/// An authorization counter for one rule: `meshguard_authz_denied_total{rule}` and its kin.
+pub fn rule_metric(counter: &str, rule: &str) -> String {
+    format!("{counter}.rule.{}", stat_name_part(rule))
+}
+
+fn stat_name_part(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
                 c
@@ -98,6 +106,5 @@ fn requests_metric(rule: Option<&str>, decision: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("meshguard_requests_total.rule.{rule}.decision.{decision}")
+        .collect()
 }

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use super::buckets::HostBuckets;
 use super::crypto::HostVerifier;
 use super::jwks;
-use super::metrics::Metrics;
+use super::metrics::{rule_metric, Metrics};
 use crate::accesslog::Verdict;
 use crate::auth::cache::TokenCache;
 use crate::auth::remote::{FetchReason, KeyStore};
@@ -94,6 +94,20 @@ impl Vm for HostVm {
             verdict.decision
         };
         self.metrics.count_request(verdict.rule.as_deref(), counted);
+        if let Some(authz) = &verdict.authz {
+            if let ("denied", Some(rule)) = (authz.decision, &authz.rule) {
+                self.metrics
+                    .increment(&rule_metric("meshguard_authz_denied_total", rule));
+            }
+            for rule in &authz.dry_run_denied {
+                self.metrics
+                    .increment(&rule_metric("meshguard_authz_dry_run_denied_total", rule));
+            }
+            for rule in &authz.audit {
+                self.metrics
+                    .increment(&rule_metric("meshguard_authz_audited_total", rule));
+            }
+        }
         if let Settled::Delay { wait_ms, .. } = settled {
             self.metrics.record("meshguard_delay_wait_ms", *wait_ms);
         }

@@ -125,7 +125,7 @@ def publish_ecds(resource_path, plugin_config):
 # meshguard's request counter carries its rule and decision in the stat name; these turn them
 # into Prometheus labels (the same stanza as envoy/envoy.yaml).
 MESHGUARD_STATS_TAGS = [
-    {"tag_name": "rule", "regex": r"^wasmcustom\.meshguard_requests_total\.(rule\.([^.]+)\.)"},
+    {"tag_name": "rule", "regex": r"^wasmcustom\.meshguard_(?:requests|authz_denied|authz_dry_run_denied|authz_audited)_total(\.rule\.([^.]+))"},
     {"tag_name": "decision", "regex": r"^wasmcustom\.meshguard_requests_total(?:\.rule\.[^.]+)?(\.decision\.([^.]+))$"},
 ]
 
