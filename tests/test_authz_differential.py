@@ -107,8 +107,14 @@ SANITY = [
     (dict(method="POST", path="/api/refunds", host="orders.shop.svc:8443", token="partner", claims=REFUNDS), 403, NO_ALLOW),
     (dict(path="/internal/jobs/7", **{**ADMIN, "cert": "billing/invoicer"}), 403, deny("deny-abuse", 2)),  # notNamespaces
     (dict(path="/internal/jobs/7", **ADMIN), 200, None),  # `{**}`
+    # Envoy's uri_template `**` also matches no segment at all: `/internal/` is in, `/internal` out.
+    (dict(path="/internal/", **ADMIN), 200, None),
+    (dict(path="/internal", **ADMIN), 403, NO_ALLOW),
+    (dict(path="/internal/", **{**ADMIN, "cert": "billing/invoicer"}), 403, deny("deny-abuse", 2)),
+    (dict(path="/orders/42?page=2", cert="frontend/web"), 200, None),  # templates ignore the query
     (dict(path="/partner/feeds/2026", token="partner", claims={"sub": "acme-1"}), 200, None),  # allow-jwt[3]
     (dict(path="/partner/feeds", token="partner", claims={"sub": "acme-banned"}), 403, NO_ALLOW),  # notRequestPrincipals
+    (dict(path="/partner/feeds", token="partner", claims={}), 403, NO_ALLOW),  # no sub: no request principal
     (dict(path="/partner/feeds", token="partner", claims={"sub": "acme-1"}, tenant=["globex"]), 403, NO_ALLOW),  # header notValues
     (dict(path="/partner/feeds", token="partner", claims={"sub": "acme-1", "groups": ["suspended"]}), 403, NO_ALLOW),  # claim notValues
     (dict(path="/healthz", tenant=["blocked-7"]), 403, deny("deny-abuse", 0)),
