@@ -21,7 +21,9 @@ def main():
     idp = Idp(jwks(signer), port=8082).start()
     now = int(time.time())
     tokens = {
-        "VALID_TOKEN": signer.sign(exp=now + 3600),
+        "VALID_TOKEN": signer.sign(exp=now + 3600, scope="orders:read reports:read", groups=["staff"]),
+        "ADMIN_TOKEN": signer.sign(exp=now + 3600, scope="orders:read", groups=["admin"]),
+        "PROFILE_ONLY_TOKEN": signer.sign(exp=now + 3600, scope="profile"),
         "WRONG_AUDIENCE_TOKEN": signer.sign(aud="billing-api", exp=now + 3600),
         "EXPIRED_TOKEN": signer.sign(iat=now - 7200, exp=now - 3600),
     }

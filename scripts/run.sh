@@ -31,9 +31,11 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
-declare -a names=(allowed no-token expired wrong-audience no-rule rate-limited rate-limit-headers)
+declare -a names=(allowed no-token expired wrong-audience no-rule rate-limited rate-limit-headers
+  missing-scope delete-denied delete-as-admin dry-run cors-preflight)
 declare -A expect=([allowed]=200 [no-token]=401 [expired]=401 [wrong-audience]=403 [no-rule]=403
-  [rate-limited]="200 200 200 429" [rate-limit-headers]=429)
+  [rate-limited]="200 200 200 429" [rate-limit-headers]=429 [missing-scope]=403 [delete-denied]=403
+  [delete-as-admin]=200 [dry-run]=200 [cors-preflight]=200)
 declare -A lines=(
   [allowed]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $VALID_TOKEN'"
   [no-token]="curl -i http://127.0.0.1:10000/api/orders"
@@ -42,6 +44,17 @@ declare -A lines=(
   [no-rule]="curl -i http://127.0.0.1:10000/admin"
   [rate-limited]="for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/api/reports -H 'Authorization: Bearer $VALID_TOKEN'; done; echo"
   [rate-limit-headers]="curl -i http://127.0.0.1:10000/api/reports -H 'Authorization: Bearer $VALID_TOKEN'"
+  [missing-scope]="curl -i http://127.0.0.1:10000/api/reports/q3 -H 'Authorization: Bearer $PROFILE_ONLY_TOKEN'"
+  [delete-denied]="curl -i -X DELETE http://127.0.0.1:10000/api/orders/7 -H 'Authorization: Bearer $VALID_TOKEN'"
+  [delete-as-admin]="curl -i -X DELETE http://127.0.0.1:10000/api/orders/7 -H 'Authorization: Bearer $ADMIN_TOKEN'"
+  [dry-run]="curl -i http://127.0.0.1:10000/api/orders -H 'Authorization: Bearer $PROFILE_ONLY_TOKEN'"
+  [cors-preflight]="curl -i -X OPTIONS http://127.0.0.1:10000/api/orders -H 'Origin: https://app.example' -H 'Access-Control-Request-Method: GET'"
+)
+declare -A notes=(
+  [missing-scope]="WWW-Authenticate: Bearer error=\"insufficient_scope\", scope=\"reports:read\""
+  [delete-denied]="a deny rule wins over the allow rule: only groups=admin may DELETE"
+  [dry-run]="let through, but the access log's authz record says dry_run_denied (scope orders:read)"
+  [cors-preflight]="bypass_cors_preflight: a browser's preflight needs no token"
 )
 
 echo
@@ -51,7 +64,7 @@ echo "metrics: curl -s http://127.0.0.1:9901/stats/prometheus | grep ^meshguard"
 echo "Try these (expected status in brackets):"
 for name in "${names[@]}"; do
   echo
-  echo "# ${name} [${expect[$name]}]"
+  echo "# ${name} [${expect[$name]}]${notes[$name]:+ — ${notes[$name]}}"
   echo "${lines[$name]}"
 done
 echo

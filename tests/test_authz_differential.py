@@ -201,7 +201,7 @@ def side_b_verdict(record, status):
         authz = json.loads((record or {}).get("meshguard") or "{}").get("authz", {})
     except ValueError:
         authz = {}
-    named = " ".join(str(authz[k]) for k in ("action", "rule") if k in authz)
+    named = " ".join(str(authz[k]) for k in ("decision", "rule") if k in authz)
     return f"{status} {named}".strip() + (" +audit" if authz.get("audit") else "")
 
 

@@ -24,6 +24,9 @@ SIDE_ADDRESS = {"A": "127.77.0.10", "B": "127.77.0.20"}
 PORTS = (API_PORT, ADMIN_PORT)
 
 
+DIRECT_PEER_HEADER = "x-meshguard-direct-peer"
+
+
 def render_policies(workdir, jwks):
     """The policy files with the test's keys in place of `{{NAME}}`; returns the new paths."""
     paths = []
@@ -48,7 +51,10 @@ def meshguard_import(paths):
     done = subprocess.run([str(CLI), "import", *map(str, paths)], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise AssertionError(f"meshguard import failed ({done.returncode}):\n{done.stderr}")
-    return json.loads(done.stdout), None
+    config = json.loads(done.stdout)
+    # Where this Envoy puts the direct peer: a fact of the deployment, not of Istio's policies.
+    config["direct_peer_header"] = DIRECT_PEER_HEADER
+    return config, None
 
 
 def _tls(pki, server_cert):
@@ -110,6 +116,26 @@ def _listener(side, port, filters, tls, log_path):
         },
         "http_filters": list(filters) + [router],
     }
+    if side == "B":
+        # Envoy shows Wasm one downstream address, the one it derived from X-Forwarded-For; the
+        # direct peer (Istio's ipBlocks) reaches meshguard in a header Envoy writes itself before
+        # any filter runs, overwriting a client's copy (README, "Addresses").
+        hcm["early_header_mutation_extensions"] = [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": [
+                        {
+                            "append": {
+                                "header": {"key": DIRECT_PEER_HEADER, "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                            }
+                        }
+                    ],
+                },
+            }
+        ]
     return {
         "name": f"side-{side}-{port}",
         "address": {"socket_address": {"address": SIDE_ADDRESS[side], "port_value": port}},
