@@ -328,3 +328,138 @@ fn hosts_are_kept_without_case_or_a_trailing_dot() {
         )]
     );
 }
+
+#[test]
+fn authorization_errors_name_the_json_path_and_the_reason() {
+    let when = |conditions: Value| error_of(move |v| v["rules"][2]["when"] = conditions);
+    let cases: Vec<(String, &str)> =
+        vec![
+        (
+            when(json!([{"key": "request.auth.claim[groups]", "values": ["a"]}])),
+            "rules[2].when[0].key: unknown key \"request.auth.claim[groups]\"",
+        ),
+        (
+            when(json!([{"key": "request.auth.claims", "values": ["a"]}])),
+            "rules[2].when[0].key: \"request.auth.claims\": a claim is named in brackets",
+        ),
+        (
+            when(json!([{"key": "request.headers[x y]", "values": ["a"]}])),
+            "rules[2].when[0].key: \"request.headers[x y]\": a header is named in brackets",
+        ),
+        (
+            when(json!([{"key": "source.ip", "values": ["10.0.0.0/33"]}])),
+            "rules[2].when[0].values[0]: \"10.0.0.0/33\": prefix length must be 0 to 32",
+        ),
+        (
+            when(json!([{"key": "remote.ip", "not_values": ["nope"]}])),
+            "rules[2].when[0].not_values[0]: \"nope\" is not an IP address or CIDR block",
+        ),
+        (
+            when(json!([{"key": "destination.port", "values": ["http"]}])),
+            "rules[2].when[0].values[0]: \"http\" is not a port number",
+        ),
+        (
+            when(json!([{"key": "request.path", "values": ["/a/{**}/b"]}])),
+            "rules[2].when[0].values[0]: \"/a/{**}/b\": {**} must be the last segment",
+        ),
+        (
+            when(json!([{"key": "request.auth.principal"}])),
+            "rules[2].when[0]: a `key` condition needs `values` or `not_values`",
+        ),
+        (
+            when(json!([{"any": [{"scopes": ["a b"]}]}])),
+            "rules[2].when[0].any[0].scopes[0]: a scope has no spaces",
+        ),
+        (
+            when(json!([{"all": []}])),
+            "rules[2].when[0].all: must be a non-empty list of conditions",
+        ),
+        (
+            when(json!([{"not": {"max_lifetime": "an hour"}}])),
+            "rules[2].when[0].not.max_lifetime: invalid duration \"an hour\"",
+        ),
+        (
+            when(json!([{"scopes": ["a"], "any": [{"scopes": ["b"]}]}])),
+            "rules[2].when[0]: set only one of scopes, any",
+        ),
+        (
+            when(json!([{"scopes": ["a"], "values": ["b"]}])),
+            "rules[2].when[0].values: only applies to a `key` condition",
+        ),
+        (
+            when(json!([{"key": "request.method", "values": ["GET"], "dry_run": "yes"}])),
+            "rules[2].when[0].dry_run: must be true or false",
+        ),
+        (
+            when(json!([{"key": "request.method", "value": ["GET"]}])),
+            "rules[2].when[0].value: unknown field `value`",
+        ),
+        (
+            error_of(|v| v["rules"][0]["when"] = json!([{"scopes": ["x"]}])),
+            "rules[0].when[0]: reads the token, but the rule is allow_unauthenticated",
+        ),
+        (
+            error_of(|v| v["rules"][1]["action"] = json!("deny")),
+            "rules[1].requires: only an allow rule has requires",
+        ),
+        (
+            error_of(|v| v["rules"][1]["action"] = json!("reject")),
+            "rules[1].action: \"reject\" is not \"allow\", \"deny\" or \"audit\"",
+        ),
+        (
+            error_of(|v| {
+                v["rules"].as_array_mut().unwrap().push(json!({"name": "x", "action": "reject"}))
+            }),
+            "rules[3].action: \"reject\" is not \"allow\", \"deny\" or \"audit\"",
+        ),
+        (
+            error_of(|v| {
+                v["rules"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "x", "action": "audit", "dry_run": true}))
+            }),
+            "rules[3].dry_run: an audit rule never refuses",
+        ),
+        (
+            error_of(|v| {
+                v["rules"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "health", "action": "deny"}))
+            }),
+            "rules[3].name: \"health\" is already the name of rules[0]",
+        ),
+        (
+            error_of(|v| v["rules"][2]["match"]["paths"] = json!(["/a/x{*}"])),
+            "rules[2].match.paths[0]: \"/a/x{*}\": {*} and {**} must each be a whole path segment",
+        ),
+        (
+            error_of(|v| v["direct_peer_header"] = json!("x peer")),
+            "direct_peer_header: \"x peer\" is not a valid header name",
+        ),
+        (
+            error_of(|v| v["providers"]["corp"]["space_delimited_claims"] = json!([""])),
+            "providers.corp.space_delimited_claims[0]: must not be empty",
+        ),
+    ];
+    for (error, expected) in cases {
+        assert!(
+            error.starts_with(expected),
+            "{error:?}\n  should start with {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn deeply_nested_conditions_are_refused_not_recursed_into() {
+    let mut condition = json!({"scopes": ["a"]});
+    for _ in 0..40 {
+        condition = json!({"not": condition});
+    }
+    let error = error_of(move |v| v["rules"][2]["when"] = json!([condition]));
+    assert!(
+        error.contains("conditions nest deeper than 16 levels"),
+        "{error}"
+    );
+}

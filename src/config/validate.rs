@@ -187,6 +187,12 @@ impl Builder {
         let matcher = build_match(&format!("{path}.match"), &raw.matcher)?;
         let when = conditions::build_when(&format!("{path}.when"), raw.when.as_deref())?;
         let action = raw.action.as_deref().unwrap_or("allow");
+        if !matches!(action, "allow" | "deny" | "audit") {
+            return Err(ConfigError::new(
+                format!("{path}.action"),
+                format!("{action:?} is not \"allow\", \"deny\" or \"audit\""),
+            ));
+        }
         if action != "allow" {
             // Deny and audit rules judge; they never choose authentication or rate limits.
             let set = [
@@ -213,11 +219,7 @@ impl Builder {
                     format!("{path}.dry_run"),
                     "an audit rule never refuses, so it has no dry run",
                 )),
-                "audit" => Ok(Built::Audit(rule)),
-                other => Err(ConfigError::new(
-                    format!("{path}.action"),
-                    format!("{other:?} is not \"allow\", \"deny\" or \"audit\""),
-                )),
+                _ => Ok(Built::Audit(rule)),
             };
         }
         let access = match (&raw.requires, raw.allow_unauthenticated) {
