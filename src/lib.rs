@@ -18,6 +18,8 @@ pub mod config;
 pub mod flow;
 pub mod hash;
 pub mod headermap;
+#[cfg(feature = "cli")]
+pub mod import;
 pub mod pipeline;
 pub mod proto;
 pub mod ratelimit;

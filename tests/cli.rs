@@ -60,6 +60,30 @@ fn meshguard(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs `meshguard` with `input` on its standard input.
+fn meshguard_with_stdin(args: &[&str], input: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("meshguard-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -159,7 +183,6 @@ fn the_committed_schema_is_the_one_the_types_generate() {
 
 #[test]
 fn a_kubectl_list_read_from_stdin_has_each_wasmplugin_checked() {
-    use std::io::Write;
     let list = format!(
         "apiVersion: v1\nkind: List\nitems:\n{}",
         WASM_PLUGIN_YAML
@@ -177,24 +200,112 @@ fn a_kubectl_list_read_from_stdin_has_each_wasmplugin_checked() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshguard"))
-        .args(["validate", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(list.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = meshguard_with_stdin(&["validate", "-"], &list);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("<stdin> WasmPlugin edge spec.pluginConfig: configuration refused: rate_limits.per_ip.token_bucket.fill_interval"),
         "{stderr}"
+    );
+}
+
+/// Istio's documented RequestAuthentication (a JWKS URI) and an ALLOW policy that requires a
+/// token, as one file of two documents.
+const ISTIO_POLICIES: &str = r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: issuer-foo
+    jwksUri: https://example.com/.well-known/jwks.json
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {requestPrincipals: ["issuer-foo/*"]}
+"#;
+
+fn import_stdout_json(args: &[&str]) -> serde_json::Value {
+    let (code, stdout, stderr) = meshguard(args);
+    assert_eq!(code, Some(0), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn import_turns_istio_policies_into_the_plugin_config() {
+    let file = write_temp("istio-policies.yaml", ISTIO_POLICIES);
+    let config = import_stdout_json(&["import", &file.to_string_lossy()]);
+    assert_eq!(
+        config["providers"]["issuer-foo"]["remote_jwks"]["cluster"],
+        "outbound|443||example.com"
+    );
+    assert_eq!(
+        config["rules"],
+        serde_json::json!([{"name": "istio", "match": {}, "requires": {"any": ["issuer-foo"]},
+            "allow_missing": true,
+            "when": [{"key": "request.auth.principal", "values": ["issuer-foo/*"]}]}])
+    );
+}
+
+#[test]
+fn import_takes_a_jwks_cluster_override_and_reads_standard_input() {
+    let (code, stdout, stderr) = meshguard_with_stdin(
+        &["import", "--jwks-cluster", "example.com=idp", "-"],
+        ISTIO_POLICIES,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let config: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        config["providers"]["issuer-foo"]["remote_jwks"]["cluster"],
+        "idp"
+    );
+}
+
+#[test]
+fn import_refuses_a_custom_policy_with_file_document_and_field() {
+    let text = format!(
+        "{ISTIO_POLICIES}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext-authz, namespace: foo}}\nspec:\n  action: CUSTOM\n  provider: {{name: my-custom-authz}}\n  rules: [{{to: [{{operation: {{paths: [\"/admin/*\"]}}}}]}}]\n"
+    );
+    let file = write_temp("custom.yaml", &text);
+    let (code, stdout, stderr) = meshguard(&["import", &file.to_string_lossy()]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains(
+            "custom.yaml: document 3 (AuthorizationPolicy foo/ext-authz): spec.action: CUSTOM"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn import_prints_a_wasmplugin_on_request() {
+    let file = write_temp("istio-for-plugin.yaml", ISTIO_POLICIES);
+    let (code, stdout, stderr) = meshguard(&[
+        "import",
+        "--wasmplugin",
+        "meshguard-authz",
+        &file.to_string_lossy(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("kind: WasmPlugin"), "{stdout}");
+    assert!(stdout.contains("name: meshguard-authz"), "{stdout}");
+    assert!(stdout.contains("namespace: foo"), "{stdout}");
+    assert!(stdout.contains("pluginConfig:"), "{stdout}");
+    assert!(stdout.contains("app: httpbin"), "{stdout}");
+}
+
+#[test]
+fn import_without_files_or_with_an_unknown_option_is_a_usage_error() {
+    assert_eq!(meshguard(&["import"]).0, Some(2));
+    assert_eq!(meshguard(&["import", "--colour", "x.yaml"]).0, Some(2));
+    assert_eq!(
+        meshguard(&["import", "--jwks-cluster", "nohost", "x.yaml"]).0,
+        Some(2)
     );
 }

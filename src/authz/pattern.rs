@@ -10,7 +10,7 @@ pub enum TextPattern {
     Exact(String),
     Prefix(String),
     Suffix(String),
-    /// `*`: any value, as long as there is one.
+    /// `*`: any non-empty value (istiod compiles it to the regex `.+`).
     Present,
 }
 
@@ -34,7 +34,7 @@ impl TextPattern {
             TextPattern::Exact(exact) => value == exact,
             TextPattern::Prefix(prefix) => value.starts_with(prefix.as_str()),
             TextPattern::Suffix(suffix) => value.ends_with(suffix.as_str()),
-            TextPattern::Present => true,
+            TextPattern::Present => !value.is_empty(),
         }
     }
 }
@@ -193,7 +193,8 @@ mod tests {
 
     #[test]
     fn istio_string_forms() {
-        assert!(TextPattern::parse("*").matches(""));
+        assert!(TextPattern::parse("*").matches("x"));
+        assert!(!TextPattern::parse("*").matches(""));
         assert!(TextPattern::parse("/api/*").matches("/api/"));
         assert!(TextPattern::parse("/api/*").matches("/api/x/y"));
         assert!(!TextPattern::parse("/api/*").matches("/api"));

@@ -7,6 +7,10 @@
 //!   kinds (a `ServiceEntry` next to it, say) are listed as not checked. A `List` (as
 //!   `kubectl get wasmplugins -o yaml` prints) has each item checked; `-` reads standard input.
 //! - `meshguard schema` prints the pluginConfig JSON Schema, derived from the same types.
+//! - `meshguard import FILE...` translates Istio `RequestAuthentication` and
+//!   `AuthorizationPolicy` objects, taken as one workload's policies, into the pluginConfig that
+//!   decides the same way (`--wasmplugin NAME`: a whole WasmPlugin); what it cannot say exactly
+//!   is refused with the file, document and field (src/import).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -15,13 +19,22 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const USAGE: &str = "usage: meshguard validate FILE...   check pluginConfig files (JSON or YAML; a bare pluginConfig or WasmPlugin manifests; - for stdin)
-       meshguard schema            print the pluginConfig JSON Schema";
+       meshguard schema            print the pluginConfig JSON Schema
+       meshguard import [--wasmplugin NAME] [--namespace NS] [--jwks-cluster HOST=CLUSTER]... FILE...
+                                   Istio RequestAuthentication/AuthorizationPolicy -> pluginConfig (- for stdin)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.split_first() {
         Some((command, files)) if command == "validate" && !files.is_empty() => validate(files),
         Some((command, rest)) if command == "schema" && rest.is_empty() => print_schema(),
+        Some((command, rest)) if command == "import" => match ImportArgs::parse(rest) {
+            Ok(args) => import(&args),
+            Err(reason) => {
+                eprintln!("meshguard import: {reason}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
@@ -43,16 +56,126 @@ fn print_schema() -> ExitCode {
     }
 }
 
+/// Reads a file, or standard input for `-`.
+fn read_input(file: &str) -> std::io::Result<Vec<u8>> {
+    if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(file)
+    }
+}
+
+struct ImportArgs {
+    files: Vec<String>,
+    wasm_plugin: Option<String>,
+    options: meshguard::import::Options,
+}
+
+impl ImportArgs {
+    fn parse(args: &[String]) -> Result<ImportArgs, String> {
+        let mut parsed = ImportArgs {
+            files: Vec::new(),
+            wasm_plugin: None,
+            options: meshguard::import::Options::default(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if arg.starts_with("--") => (flag, Some(value.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next().cloned())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "--wasmplugin" => parsed.wasm_plugin = Some(value()?),
+                "--namespace" => parsed.options.namespace = Some(value()?),
+                "--jwks-cluster" => {
+                    let mapping = value()?;
+                    let (host, cluster) = mapping
+                        .split_once('=')
+                        .filter(|(host, cluster)| !host.is_empty() && !cluster.is_empty())
+                        .ok_or_else(|| {
+                            format!("--jwks-cluster takes HOST=CLUSTER, not {mapping:?}")
+                        })?;
+                    parsed
+                        .options
+                        .jwks_clusters
+                        .insert(host.to_string(), cluster.to_string());
+                }
+                _ if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+                _ => parsed.files.push(arg.clone()),
+            }
+        }
+        if parsed.files.is_empty() {
+            return Err("name at least one file (- for standard input)".into());
+        }
+        if parsed.files.iter().filter(|f| *f == "-").count() > 1 {
+            return Err("standard input (-) can be read once".into());
+        }
+        Ok(parsed)
+    }
+}
+
+fn import(args: &ImportArgs) -> ExitCode {
+    let mut contents = Vec::new();
+    for file in &args.files {
+        match read_input(file) {
+            Ok(bytes) => contents.push((
+                if file == "-" {
+                    "<stdin>"
+                } else {
+                    file.as_str()
+                },
+                bytes,
+            )),
+            Err(err) => {
+                eprintln!("{file}: cannot read: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let inputs: Vec<meshguard::import::InputFile> = contents
+        .iter()
+        .map(|(name, bytes)| meshguard::import::InputFile { name, bytes })
+        .collect();
+    let imported = match meshguard::import::import(&inputs, &args.options) {
+        Ok(imported) => imported,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    let rendered = match &args.wasm_plugin {
+        Some(name) => meshguard::import::to_wasm_plugin(&imported, name),
+        None => meshguard::import::to_json(&imported),
+    };
+    match rendered {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("meshguard import: cannot render the output: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn validate(files: &[String]) -> ExitCode {
     let mut failed = false;
     for file in files {
         let stdin = file == "-";
-        let read = if stdin {
-            let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
-        } else {
-            std::fs::read(file)
-        };
+        let read = read_input(file);
         let outcomes = match read {
             Ok(bytes) => check_file(&bytes),
             Err(err) => vec![Outcome::Unreadable(format!("cannot read: {err}"))],

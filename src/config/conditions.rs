@@ -281,7 +281,13 @@ fn values_for(key: &Key, path: &str, raw: &Value) -> Result<Values, ConfigError>
         Key::Host => Values::Host(
             texts
                 .iter()
-                .map(|t| TextPattern::parse(&t.to_ascii_lowercase()))
+                .map(|t| present_or(TextPattern::parse(&t.to_ascii_lowercase())))
+                .collect(),
+        ),
+        Key::Header(_) => Values::Text(
+            texts
+                .iter()
+                .map(|t| present_or(TextPattern::parse(t)))
                 .collect(),
         ),
         Key::Port => {
@@ -302,4 +308,13 @@ fn values_for(key: &Key, path: &str, raw: &Value) -> Result<Values, ConfigError>
         }
         _ => Values::Text(texts.iter().map(|t| TextPattern::parse(t)).collect()),
     })
+}
+
+/// For headers and hosts istiod writes `*` as Envoy's `present_match` (header.go), which an
+/// empty value meets too; elsewhere `*` is the regex `.+`.
+fn present_or(pattern: TextPattern) -> TextPattern {
+    match pattern {
+        TextPattern::Present => TextPattern::Prefix(String::new()),
+        other => other,
+    }
 }
