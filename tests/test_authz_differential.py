@@ -9,10 +9,11 @@ must the status, except where meshguard differs on purpose (each documented, eac
 
 - `no-token-401`: no token was presented and an ALLOW condition that reads the token failed: RBAC
   answers 403, meshguard 401 with a `Bearer` challenge (authz-spec, precedence step 6).
-- `host-port-ignored`: the authority carries a port and a `hosts` condition decides: Istio's RBAC
-  matches `:authority` as sent (matcher/header.go HostMatcher), meshguard ignores the port
-  (authz-spec, `match.hosts`). Proved per request: side A is asked again without the port, and
-  meshguard must answer as side A does then.
+- `repeated-header`: a request repeats `x-tenant` with different values and an ALLOW condition
+  reads it. rbac holds a header condition if any line does, so a client can add a friendlier
+  copy; meshguard's allow conditions need every line to hold (README, "Authorization"). Proved
+  per request: side A is asked again with each line alone, and must refuse at least one of them
+  (so the allowing line was not the only one sent), while meshguard refused.
 """
 
 import json
@@ -143,19 +144,19 @@ def test_native_side_decides_as_istio_means(setup):
     assert audited["audit_hint"] is True, audited
 
 
-def classify(request, a, b, a_without_port):
+def classify(request, a, b, a_single_lines):
     """`agree`, one of the documented differences, or `DISAGREE`."""
     if a.status == b.status:
         return "agree"
     if request.token is None and a.status == 403 and b.status == 401 and (b.www_authenticate or "").startswith("Bearer"):
         return "no-token-401"
-    if a_without_port is not None and classify(request, a_without_port, b, None) != "DISAGREE":
-        return "host-port-ignored"
+    if a.status == 200 and b.status in (401, 403) and a_single_lines and any(one.status != 200 for one in a_single_lines):
+        return "repeated-header"
     return "DISAGREE"
 
 
 def run_corpus(setup, corpus):
-    """Sends every request to both sides; (request, A, B, A without the authority's port)."""
+    """Sends every request to both sides; (request, A, B, A for each x-tenant line alone)."""
     pki, certs = setup["pki"], setup["certs"]
     # One worker per group of connections (port, peer, certificate), so each keep-alive
     # connection belongs to one thread; a few workers keep the load modest.
@@ -170,9 +171,9 @@ def run_corpus(setup, corpus):
             for request in group:
                 a = client.send("A", request)
                 b = client.send("B", request)
-                a_without_port = client.send("A", request.without_host_port()) if request.host_has_port else None
+                singles = [client.send("A", request.with_one_tenant_line(i)) for i in range(len(request.tenant))] if request.repeats_tenant else []
                 with lock:
-                    results.append((request, a, b, a_without_port))
+                    results.append((request, a, b, singles))
         finally:
             client.close()
 
@@ -212,13 +213,13 @@ def test_meshguard_decides_as_istio_on_a_generated_corpus(setup):
     print(f"\nauthz differential: seed {seed} (MESHGUARD_AUTHZ_SEED), corpus {CORPUS_SIZE}")
     corpus = build(seed, CORPUS_SIZE, setup["tokens"])
     results = run_corpus(setup, corpus)
-    sent = len(results) * 2 + sum(1 for _, _, _, extra in results if extra is not None)
+    sent = len(results) * 2 + sum(len(extra) for _, _, _, extra in results)
     records = setup["envoy"].access_records(sent)
 
     outcomes, verdicts, audited, scenarios, meshguard_verdicts = Counter(), Counter(), 0, Counter(), Counter()
     disagreements = []
-    for request, a, b, a_without_port in results:
-        outcome = classify(request, a, b, a_without_port)
+    for request, a, b, singles in results:
+        outcome = classify(request, a, b, singles)
         outcomes[outcome] += 1
         record_a = records.get(("A", request.id))
         verdicts[side_a_verdict(record_a, a.status)] += 1
@@ -226,7 +227,7 @@ def test_meshguard_decides_as_istio_on_a_generated_corpus(setup):
         scenarios[(request.scenario, "allowed" if a.status == 200 else "denied")] += 1
         meshguard_verdicts[side_b_verdict(records.get(("B", request.id)), b.status)] += 1
         if outcome == "DISAGREE":
-            extra = f", A without the port {a_without_port.status}" if a_without_port else ""
+            extra = f", A for each x-tenant line alone {[one.status for one in singles]}" if singles else ""
             meshguard = (records.get(("B", request.id)) or {}).get("meshguard")
             disagreements.append(f"{request.describe()}\n    A {a.status} ({side_a_verdict(record_a, a.status)}){extra}; meshguard {b.status} {b.www_authenticate or ''} {meshguard}")
 
@@ -241,7 +242,7 @@ def test_meshguard_decides_as_istio_on_a_generated_corpus(setup):
     for verdict, count in sorted(meshguard_verdicts.items()):
         print(f"  {verdict:<53} {count}")
     print(f"{'meshguard vs side A':<55} requests")
-    for outcome in ["agree", "no-token-401", "host-port-ignored", "DISAGREE"]:
+    for outcome in ["agree", "no-token-401", "repeated-header", "DISAGREE"]:
         print(f"  {outcome:<53} {outcomes[outcome]}")
 
     assert len(corpus) >= 1000

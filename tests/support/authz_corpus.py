@@ -123,12 +123,12 @@ class Request:
         return lines
 
     @property
-    def host_has_port(self):
-        return ":" in self.host
+    def repeats_tenant(self):
+        return len(set(self.tenant)) > 1
 
-    def without_host_port(self):
-        """The same request with the port taken off its authority (another id)."""
-        return Request(**{**self.__dict__, "id": self.id + "-noport", "host": self.host.split(":", 1)[0]})
+    def with_one_tenant_line(self, index):
+        """The same request with only one of its x-tenant lines (another id)."""
+        return Request(**{**self.__dict__, "id": f"{self.id}-tenant{index}", "tenant": [self.tenant[index]]})
 
     def describe(self):
         claims = {k: v for k, v in (self.claims or {}).items() if k not in ("iat", "exp", "iss")}
