@@ -456,15 +456,24 @@ impl State<'_> {
         // No enforced ALLOW policy: every request passes the ALLOW step (builder.go builds no
         // enforcing ALLOW rules; RBAC without rules allows).
         let enforced = self.of(Action::Allow, false);
+        let authenticated = !self.provider_order.is_empty();
         let when = if enforced.is_empty() {
             Vec::new()
         } else {
-            match Cond::any(enforced.iter().map(|p| p.condition.clone()).collect()) {
+            let any = Cond::any(enforced.iter().map(|p| p.condition.clone()).collect());
+            // Without a RequestAuthentication no token is ever verified: istiod's matchers on
+            // the JWT payload never match. meshguard refuses a token condition on a rule that
+            // authenticates nothing, so write what it would come to.
+            let any = if authenticated {
+                any
+            } else {
+                any.without_token()
+            };
+            match any {
                 Cond::False => vec![never()],
                 condition => condition.when_list(),
             }
         };
-        let authenticated = !self.provider_order.is_empty();
         // Istio's jwt_authn: `requires_any` of every provider and `allow_missing`
         // (policy_applier.go): no token passes, a bad one is 401, the policies judge the rest.
         // `bypass_cors_preflight` (which istiod also sets) is left out: it only reaches

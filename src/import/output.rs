@@ -188,6 +188,17 @@ impl Cond {
         }
     }
 
+    /// The condition with every attribute of the verified token taken as absent (false).
+    pub fn without_token(self) -> Cond {
+        match self {
+            Cond::Key { key, .. } if key.starts_with("request.auth.") => Cond::False,
+            Cond::Not(inner) => Cond::not(inner.without_token()),
+            Cond::All(parts) => Cond::all(parts.into_iter().map(Cond::without_token).collect()),
+            Cond::Any(parts) => Cond::any(parts.into_iter().map(Cond::without_token).collect()),
+            other => other,
+        }
+    }
+
     /// A rule's `when` list (AND'ed): the parts of a top-level `all`, or the one condition.
     pub fn when_list(&self) -> Vec<Value> {
         match self {

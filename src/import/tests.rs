@@ -12,10 +12,12 @@ fn run_with(text: &str, options: &Options) -> Result<(Value, Vec<String>), Vec<S
         bytes: text.as_bytes(),
     };
     import(&[input], options).map(|imported| {
-        (
-            serde_json::to_value(&imported.config).unwrap(),
-            imported.notes,
-        )
+        let config = serde_json::to_value(&imported.config).unwrap();
+        // Whatever the import writes, the filter takes: every test here checks the round trip.
+        if let Err(error) = crate::config::parse(config.to_string().as_bytes()) {
+            panic!("the filter refuses the imported config: {error}\n{config:#}");
+        }
+        (config, imported.notes)
     })
 }
 
@@ -82,12 +84,32 @@ fn the_documented_allow_policy_becomes_the_allow_rules_when() {
     - key: request.auth.claims[iss]
       values: ["https://accounts.google.com"]"#,
     ));
+    // Alone, the claim condition can never hold (no RequestAuthentication verifies a token):
+    // the policy allows nothing, as istiod's payload matcher never matches.
+    assert_eq!(rule(&config, "istio")["allow_unauthenticated"], true);
+    assert_eq!(
+        rule(&config, "istio")["when"],
+        json!([{"not": {"key": "request.method", "values": ["*"]}}])
+    );
+    let config = super::tests::config(&format!(
+        "{REQUEST_AUTHENTICATION}---\n{}",
+        policy(
+            "httpbin",
+            r#"  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/sleep"]}
+    - source: {namespaces: ["test"]}
+    to:
+    - operation: {methods: ["GET"], paths: ["/info*"]}
+    - operation: {methods: ["POST"], paths: ["/data"]}
+    when:
+    - key: request.auth.claims[iss]
+      values: ["https://accounts.google.com"]"#
+        )
+    ));
     assert_eq!(rule_names(&config), ["istio"]);
     let istio = rule(&config, "istio");
-    assert_eq!(
-        istio["allow_unauthenticated"], true,
-        "no RequestAuthentication"
-    );
     assert_eq!(
         istio["when"],
         json!([
@@ -415,7 +437,7 @@ spec:
     spaceDelimitedClaims: [roles, scope]
     timeout: 1.5s
   - issuer: testing@secure.istio.io
-    jwks: '{"keys": []}'
+    jwks: '{"keys": [{"kty": "oct", "k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}'
 "#
         .to_string(),
     ]
@@ -439,7 +461,7 @@ spec:
                 "claim_to_headers": [{"claim_name": "foo", "header_name": "x-jwt-claim-foo"}],
                 "space_delimited_claims": ["permission", "roles"]},
             "testing-secure.istio.io": {"issuer": "testing@secure.istio.io",
-                "local_jwks": {"inline": "{\"keys\": []}"},
+                "local_jwks": {"inline": "{\"keys\": [{\"kty\": \"oct\", \"k\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}"},
                 "space_delimited_claims": ["permission"]}
         })
     );
