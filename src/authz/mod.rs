@@ -7,6 +7,8 @@ pub mod pattern;
 pub mod peer;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
