@@ -30,6 +30,9 @@ def test_the_use_cases_each_have_a_manifest():
         policy.get("service") for config in configs for policy in config.get("rate_limits", {}).values()
     ), "a global (RLS) limit"
     assert any(config.get("access_log") for config in configs)
+    rules = [rule for config in configs for rule in config.get("rules", [])]
+    assert any(rule.get("action") == "deny" for rule in rules) and any(rule.get("when") for rule in rules), "authorization"
+    assert any(rule.get("dry_run") for rule in rules), "a dry run"
     assert any("selector" in spec for spec in specs)
     assert any(ref.get("kind") == "Gateway" for spec in specs for ref in spec.get("targetRefs", []))
     assert any(m.get("ports") for spec in specs for m in spec.get("match", []))
