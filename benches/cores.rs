@@ -2,22 +2,26 @@
 //! per-request work costs before any Wasm or host-call overhead.
 
 use std::hint::black_box;
+use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use meshguard::accesslog::{self, Exchange, Verdict};
-use meshguard::auth::cache::TokenCache;
+use meshguard::auth::cache::{TokenCache, VerifiedToken};
 use meshguard::auth::remote::{FetchReason, KeyStore};
-use meshguard::auth::testkeys::{self, claims, ec_jwk, ed_jwk, jwks_json, rsa_jwk};
+use meshguard::auth::testkeys::{self, b64e, claims, ec_jwk, ed_jwk, jwks_json, rsa_jwk};
 use meshguard::auth::verify::{check_signature, PortableVerifier};
 use meshguard::auth::{jws, AuthEnv};
+use meshguard::authz::peer::PeerIdentity;
+use meshguard::authz::{self, AllowSide, Facts};
 use meshguard::config::{self, KeySource, TokenBucket};
 use meshguard::flow::{self, FetchEnd, Flow, Lease, StreamId};
 use meshguard::pipeline::{self, Decision, PendingGlobal, Settled};
 use meshguard::ratelimit::bucket::{BucketState, TakeMode};
 use meshguard::ratelimit::{self, GlobalAnswer, MemoryBuckets, PolicyOutcome};
 use meshguard::request::Request;
-use serde_json::json;
+use meshguard::rules;
+use serde_json::{json, Value};
 
 const NOW_MS: u64 = 1_800_000_000_000;
 
@@ -238,6 +242,155 @@ criterion_group!(
     decisions,
     flow,
     buckets,
-    logging
+    logging,
+    authorization
 );
 criterion_main!(cores);
+
+/// An allow rule whose `when` has ten conditions, one of each kind a policy reaches for, all of
+/// which hold for `authz_request()` (so each is evaluated: the full cost); and ten deny rules
+/// shaped as `meshguard import` writes Istio DENY policies (no `match`, `when: [{"any": [...]}]`)
+/// that do not hold, so each is evaluated to the end too.
+fn authz_config_json() -> String {
+    let keys = json!({"keys": [{"kty": "oct", "kid": "k1", "k": b64e(b"0123456789abcdef0123456789abcdef")}]});
+    let one = |key: &str, values: &[&str]| json!({"key": key, "values": values});
+    let deny = |i: usize, rules: Vec<Value>| json!({"name": format!("istio-system.deny-{i}"), "action": "deny", "when": [{"any": rules}]});
+    let mut rules = vec![
+        deny(
+            0,
+            vec![json!({"all": [one("remote.ip", &["192.168.0.0/16", "172.16.0.0/12"])]})],
+        ),
+        deny(
+            1,
+            vec![json!({"all": [one("source.namespace", &["untrusted", "sandbox-*"])]})],
+        ),
+        deny(
+            2,
+            vec![json!({"all": [one("request.auth.claims[groups]", &["banned", "suspended"])]})],
+        ),
+        deny(
+            3,
+            vec![json!({"all": [one("request.path", &["/admin", "/admin/*"])]})],
+        ),
+        deny(
+            4,
+            vec![json!({"all": [one("request.headers[x-debug]", &["*"])]})],
+        ),
+        deny(
+            5,
+            vec![json!({"all": [one("request.auth.principal", &["https://idp.test/mallory"])]})],
+        ),
+        deny(
+            6,
+            vec![
+                json!({"all": [one("request.method", &["DELETE"]), one("request.path", &["/api/{**}"])]}),
+                json!({"all": [one("request.auth.audiences", &["legacy"])]}),
+            ],
+        ),
+        deny(
+            7,
+            vec![
+                json!({"all": [{"not": one("source.principal", &["cluster.local/ns/billing/sa/*"])}, one("request.path", &["/api/orders/{*}/refund"])]}),
+            ],
+        ),
+        deny(
+            8,
+            vec![json!({"all": [one("request.auth.claims[realm_access][roles]", &["blocked"])]})],
+        ),
+        deny(
+            9,
+            vec![json!({"all": [one("source.ip", &["203.0.113.0/24"])]})],
+        ),
+    ];
+    let when = vec![
+        one("request.auth.claims[groups]", &["admin", "ops-*"]),
+        one(
+            "request.auth.claims[realm_access][roles]",
+            &["orders-reader"],
+        ),
+        one("request.auth.claims[tenant]", &["acme"]),
+        json!({"scopes": ["orders:read"]}),
+        one("request.auth.principal", &["https://idp.test/alice"]),
+        one("request.auth.audiences", &["orders"]),
+        one("request.headers[x-tenant]", &["acme"]),
+        one("request.path", &["/api/orders/{*}"]),
+        one("source.namespace", &["billing"]),
+        one("remote.ip", &["10.0.0.0/8"]),
+    ];
+    rules.push(json!({"name": "orders-read", "match": {"prefix": "/api/"}, "requires": "corp", "when": when}));
+    json!({
+        "providers": {"corp": {"issuer": "https://idp.test", "audiences": ["orders"],
+            "local_jwks": {"inline": keys.to_string()}}},
+        "rules": rules,
+    })
+    .to_string()
+}
+
+fn authz_request() -> Request {
+    let mut request = Request::new(
+        "GET",
+        "/api/orders/42?expand=items",
+        "api.example.com",
+        vec![("x-tenant".into(), "acme".into())],
+    );
+    request.peer = PeerIdentity::from_uri_san("spiffe://cluster.local/ns/billing/sa/api");
+    request.remote_ip = "10.1.2.3".parse().ok();
+    request.direct_ip = "10.1.2.1".parse().ok();
+    request
+}
+
+/// The token as the pipeline keeps it once verified.
+fn authz_token() -> Rc<VerifiedToken> {
+    let Value::Object(claims) = json!({
+        "iss": "https://idp.test", "sub": "alice", "aud": "orders",
+        "iat": 1_800_000_000u64, "exp": 1_800_003_600u64,
+        "scope": "openid profile orders:read orders:write",
+        "groups": ["staff", "ops-emea"],
+        "realm_access": {"roles": ["offline_access", "orders-reader"]},
+        "tenant": "acme",
+    }) else {
+        unreachable!("the claims are an object")
+    };
+    Rc::new(VerifiedToken {
+        provider: 0,
+        subject: Some("alice".into()),
+        principal: Some("https://idp.test/alice".into()),
+        claims,
+        upstream_headers: Vec::new(),
+    })
+}
+
+fn authorization(c: &mut Criterion) {
+    let config = config::parse(authz_config_json().as_bytes()).unwrap();
+    let request = authz_request();
+    let tokens = [authz_token()];
+    let facts = Facts {
+        request: &request,
+        tokens: &tokens,
+        providers: &config.providers,
+    };
+    let rule = &config.rules[0];
+    let allow = || {
+        Some(AllowSide {
+            rule: &rule.name,
+            when: &rule.when,
+            dry_run: rule.dry_run,
+        })
+    };
+    let matches = |matcher: &config::RuleMatch| rules::matches(matcher, &request);
+    let only_allow = authz::Authorization::default();
+    for authz in [&only_allow, &config.authz] {
+        let judgement = authz::judge(authz, allow(), &facts, &matches);
+        assert!(!judgement.refuses() && judgement.dry_run_denials.is_empty());
+    }
+    assert_eq!((rule.when.len(), config.authz.deny.len()), (10, 10));
+    let mut group = c.benchmark_group("authz::judge");
+    group.bench_function("allow rule with 10 conditions, all hold", |b| {
+        b.iter(|| authz::judge(&only_allow, allow(), black_box(&facts), &matches))
+    });
+    group.bench_function(
+        "10 deny rules that do not hold (imported Istio shape) + the allow rule",
+        |b| b.iter(|| authz::judge(&config.authz, allow(), black_box(&facts), &matches)),
+    );
+    group.finish();
+}
