@@ -141,13 +141,19 @@ class Request:
 
 class Tokens:
     """Signs the corpus's tokens: valid ones from either issuer, expired ones, ones signed by an
-    impostor key under the real key's id, and corp tokens for an audience corp does not accept."""
+    impostor key under the real key's id, corp tokens for an audience corp does not accept, and
+    tokens from an issuer no rule names."""
 
     def __init__(self, corp, partner, impostor):
         self.corp, self.partner, self.impostor = corp, partner, impostor
         self.now = int(time.time())
 
     def sign(self, kind, claims):
+        if kind == "stranger":
+            # An issuer no jwtRule names: jwt_authn's JwtUnknownIssuer, which allow_missing does
+            # not admit (401), as meshguard's `any` with allow_missing.
+            payload = {"iss": "https://stranger.example", "iat": self.now - 60, "exp": self.now + 3600, **claims}
+            return self.impostor.sign(payload), payload
         issuer = CORP_ISSUER if kind.startswith("corp") else PARTNER_ISSUER
         signer = self.corp if kind.startswith("corp") else self.partner
         payload = {"iss": issuer, "iat": self.now - 60, "exp": self.now + 3600, **claims}
@@ -193,7 +199,7 @@ def _token(rng, tokens, kind, claims=None):
     return tokens.sign(kind, claims)
 
 
-TOKEN_KINDS = ["none"] * 4 + ["corp"] * 5 + ["partner"] * 4 + ["corp-expired", "partner-expired", "corp-badsig", "partner-badsig", "corp-wrong-aud"]
+TOKEN_KINDS = ["none"] * 4 + ["corp"] * 5 + ["partner"] * 4 + ["corp-expired", "partner-expired", "corp-badsig", "partner-badsig", "corp-wrong-aud", "stranger"]
 
 # Scenario name -> the facts that make its rule hold (the rest is random).
 SCENARIOS = {
