@@ -6,46 +6,25 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use meshguard::accesslog::{self, Exchange, Verdict};
+use meshguard::accesslog;
 use meshguard::auth::cache::{TokenCache, VerifiedToken};
-use meshguard::auth::remote::{FetchReason, KeyStore};
-use meshguard::auth::testkeys::{self, b64e, claims, ec_jwk, ed_jwk, jwks_json, rsa_jwk};
+use meshguard::auth::jws;
+use meshguard::auth::remote::KeyStore;
+use meshguard::auth::testkeys::{self, b64e, claims};
 use meshguard::auth::verify::{check_signature, PortableVerifier};
-use meshguard::auth::{jws, AuthEnv};
 use meshguard::authz::peer::PeerIdentity;
 use meshguard::authz::{self, AllowSide, Facts};
 use meshguard::config::{self, KeySource, TokenBucket};
-use meshguard::flow::{self, FetchEnd, Flow, Lease, StreamId};
-use meshguard::pipeline::{self, Decision, PendingGlobal, Settled};
+use meshguard::flow::{Flow, StreamId};
+use meshguard::pipeline::{self, Decision};
 use meshguard::ratelimit::bucket::{BucketState, TakeMode};
-use meshguard::ratelimit::{self, GlobalAnswer, MemoryBuckets, PolicyOutcome};
+use meshguard::ratelimit::MemoryBuckets;
 use meshguard::request::Request;
 use meshguard::rules;
 use serde_json::{json, Value};
 
-const NOW_MS: u64 = 1_800_000_000_000;
-
-fn config_json() -> String {
-    let keys = jwks_json(&[rsa_jwk("rsa"), ec_jwk("ec"), ed_jwk("ed")]);
-    json!({
-        "providers": {"corp": {"issuer": "https://idp.test", "audiences": ["orders"],
-            "local_jwks": {"inline": keys},
-            "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}]}},
-        "rate_limits": {"per_user": {"key": "claim:sub",
-            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"}}},
-        "rules": [{"name": "api", "match": {"prefix": "/api/"}, "requires": "corp", "rate_limits": ["per_user"]}]
-    })
-    .to_string()
-}
-
-fn request(token: &str) -> Request {
-    Request::new(
-        "GET",
-        "/api/orders?page=2",
-        "api.example.com",
-        vec![("authorization".into(), format!("Bearer {token}"))],
-    )
-}
+mod support;
+use support::{config_json, env, exchange, request, BenchVm, NOW_MS};
 
 fn tokens() -> [(&'static str, String); 4] {
     let valid = || claims(json!({}), 10 * 365 * 86_400);
@@ -85,12 +64,7 @@ fn decisions(c: &mut Criterion) {
     let keys = KeyStore::new(&config);
     let [(_, rs256), ..] = tokens();
     let request = request(&rs256);
-    let env = AuthEnv {
-        config: &config,
-        keys: &keys,
-        verifier: &PortableVerifier,
-        now_ms: NOW_MS,
-    };
+    let env = env(&config, &keys);
     let mut cache = TokenCache::default();
     let mut buckets = MemoryBuckets::default();
     // The first decision verifies and caches the token; the measured ones hit the cache.
@@ -106,41 +80,6 @@ fn decisions(c: &mut Criterion) {
     });
 }
 
-/// The flow's VM as the host's, with buckets in memory and no metrics or shared data.
-struct BenchVm<'a> {
-    env: AuthEnv<'a>,
-    cache: TokenCache,
-    buckets: MemoryBuckets,
-}
-
-impl flow::Vm for BenchVm<'_> {
-    fn decide(&mut self, request: &Request, _now_ms: u64) -> Decision {
-        pipeline::decide(&self.env, &mut self.cache, &mut self.buckets, request)
-    }
-    fn decide_with_answers(&mut self, pending: PendingGlobal, answers: &[GlobalAnswer]) -> Settled {
-        pipeline::after_global(self.env.config, pending, answers, &mut self.buckets)
-    }
-    fn record(&mut self, settled: &Settled) -> Verdict {
-        pipeline::verdict(self.env.config, settled)
-    }
-    fn release(&mut self, reservations: &[PolicyOutcome]) {
-        ratelimit::release(self.env.config, reservations, &mut self.buckets);
-    }
-    fn adopt_shared_keys(&mut self, _provider: usize) -> bool {
-        false
-    }
-    fn take_fetch_lease(&mut self, _: usize, _: FetchReason, _: u64) -> Option<Lease> {
-        None
-    }
-    fn give_back_fetch_lease(&mut self, _: usize, _: Lease, _: FetchEnd, _: u64) {}
-    fn shared_fetch_under_way(&self, _provider: usize, _now_ms: u64) -> bool {
-        false
-    }
-    fn fetch_timeout_ms(&self, _provider: usize) -> u64 {
-        1_000
-    }
-}
-
 /// What the flow adds to a request decided at once: its entry, kept until the stream goes.
 fn flow(c: &mut Criterion) {
     let config = config::parse(config_json().as_bytes()).unwrap();
@@ -148,12 +87,7 @@ fn flow(c: &mut Criterion) {
     let [(_, rs256), ..] = tokens();
     let request = request(&rs256);
     let mut vm = BenchVm {
-        env: AuthEnv {
-            config: &config,
-            keys: &keys,
-            verifier: &PortableVerifier,
-            now_ms: NOW_MS,
-        },
+        env: support::env(&config, &keys),
         cache: TokenCache::default(),
         buckets: MemoryBuckets::default(),
     };
@@ -202,12 +136,7 @@ fn logging(c: &mut Criterion) {
     let config = config::parse(config_json().as_bytes()).unwrap();
     let keys = KeyStore::new(&config);
     let [(_, rs256), ..] = tokens();
-    let env = AuthEnv {
-        config: &config,
-        keys: &keys,
-        verifier: &PortableVerifier,
-        now_ms: NOW_MS,
-    };
+    let env = env(&config, &keys);
     let decision = pipeline::decide(
         &env,
         &mut TokenCache::default(),
@@ -215,18 +144,7 @@ fn logging(c: &mut Criterion) {
         &request(&rs256),
     );
     let verdict = pipeline::summarize(&config, &decision).unwrap();
-    let exchange = Exchange {
-        start_ms: NOW_MS,
-        end_ms: NOW_MS + 3,
-        request_id: Some("8d4a6b2c-1f0e-4c1a-9d57-0b3f2e6a7c91".into()),
-        method: "GET".into(),
-        path: "/api/orders?page=2".into(),
-        authority: "api.example.com".into(),
-        status: Some(200),
-        client_address: Some("10.0.0.7:51234".into()),
-        headers: vec![("user-agent".into(), "curl/8.5.0".into())],
-        ..Exchange::default()
-    };
+    let exchange = exchange();
     c.bench_function("pipeline::summarize (the verdict of a decision)", |b| {
         b.iter(|| pipeline::summarize(&config, black_box(&decision)))
     });
