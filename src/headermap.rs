@@ -18,38 +18,68 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(word)).ok()
 }
 
-/// Decodes a serialized map; entries after the first inconsistency are dropped.
-pub fn decode(bytes: &[u8]) -> Vec<RawHeader> {
-    let Some(count) = u32_at(bytes, 0) else {
-        return Vec::new();
-    };
-    let Some(mut data_at) = count
+/// The name/value pairs of a serialized map, borrowed from it (no copy per header); the pairs
+/// after the first inconsistency are not yielded.
+pub fn pairs(bytes: &[u8]) -> Pairs<'_> {
+    let count = u32_at(bytes, 0).unwrap_or(0);
+    let data_at = count
         .checked_mul(SIZE_ENTRY_BYTES)
         .and_then(|table| table.checked_add(4))
-        .filter(|&data_at| data_at <= bytes.len())
-    else {
-        return Vec::new();
-    };
-    let mut headers = Vec::with_capacity(count);
-    let mut take = |len: usize| -> Option<Vec<u8>> {
-        let end = data_at.checked_add(len)?;
-        let part = bytes.get(data_at..end)?.to_vec();
-        data_at = end.checked_add(1)?; // the NUL after each name and value
-        Some(part)
-    };
-    for index in 0..count {
-        let sizes_at = 4 + index * SIZE_ENTRY_BYTES;
-        let (Some(name_len), Some(value_len)) =
-            (u32_at(bytes, sizes_at), u32_at(bytes, sizes_at + 4))
-        else {
-            break;
-        };
-        let (Some(name), Some(value)) = (take(name_len), take(value_len)) else {
-            break;
-        };
-        headers.push((name, value));
+        .filter(|&data_at| data_at <= bytes.len());
+    Pairs {
+        bytes,
+        count: if data_at.is_some() { count } else { 0 },
+        index: 0,
+        data_at: data_at.unwrap_or(0),
     }
-    headers
+}
+
+pub struct Pairs<'b> {
+    bytes: &'b [u8],
+    count: usize,
+    index: usize,
+    data_at: usize,
+}
+
+impl<'b> Pairs<'b> {
+    fn take(&mut self, len: usize) -> Option<&'b [u8]> {
+        let end = self.data_at.checked_add(len)?;
+        let part = self.bytes.get(self.data_at..end)?;
+        self.data_at = end.checked_add(1)?; // the NUL after each name and value
+        Some(part)
+    }
+}
+
+impl<'b> Iterator for Pairs<'b> {
+    type Item = (&'b [u8], &'b [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let sizes_at = 4 + self.index * SIZE_ENTRY_BYTES;
+        let pair = (|| {
+            let name_len = u32_at(self.bytes, sizes_at)?;
+            let value_len = u32_at(self.bytes, sizes_at + 4)?;
+            let name = self.take(name_len)?;
+            let value = self.take(value_len)?;
+            Some((name, value))
+        })();
+        // An inconsistent entry ends the map: nothing after it is trusted.
+        self.index = if pair.is_some() {
+            self.index + 1
+        } else {
+            self.count
+        };
+        pair
+    }
+}
+
+/// Decodes a serialized map into owned pairs; entries after the first inconsistency are dropped.
+pub fn decode(bytes: &[u8]) -> Vec<RawHeader> {
+    pairs(bytes)
+        .map(|(name, value)| (name.to_vec(), value.to_vec()))
+        .collect()
 }
 
 /// Encodes headers the way Envoy serializes them (tests and fuzzing use it to build input).

@@ -3,6 +3,7 @@
 //! a client or a dependency may send any byte, and the SDK's `String` helpers trap the VM on one
 //! that is not UTF-8 (they are forbidden by `clippy.toml`).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use proxy_wasm::hostcalls;
@@ -12,7 +13,7 @@ use super::state::now_ms;
 use crate::accesslog::{self, escaped};
 use crate::authz::peer::PeerIdentity;
 use crate::config::{Config, RequestReads};
-use crate::headermap::{self, RawHeader};
+use crate::headermap;
 use crate::ratelimit::key::ip_of_address;
 use crate::request::{text_of, Request};
 
@@ -25,22 +26,22 @@ extern "C" {
     ) -> Status;
 }
 
-/// The whole header map as bytes. The SDK's `get_map_bytes` still turns names into `String`
-/// with `unwrap`; this reads the same host call and decodes without trusting it.
-pub fn header_map(map_type: MapType) -> Vec<RawHeader> {
+/// The whole header map, serialized as Envoy hands it over (read it with `headermap::pairs`). The
+/// SDK's `get_map_bytes` still turns names into `String` with `unwrap`; this reads the same host
+/// call and leaves decoding, without trusting a byte, to `headermap`.
+pub fn header_map(map_type: MapType) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer to `size` bytes it allocated through the SDK's exported
     // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), and hands it to us:
     // taking it back as a `Vec` of that length and capacity frees it exactly once, as the SDK's
     // own readers do.
-    let serialized = unsafe {
+    unsafe {
         match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
             Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
-            _ => return Vec::new(),
+            _ => Vec::new(),
         }
-    };
-    headermap::decode(&serialized)
+    }
 }
 
 /// One header's value as bytes (the first value, for a repeated header).
@@ -85,29 +86,28 @@ fn source_address() -> Option<String> {
 /// different tokens must be refused, never one of them picked.
 enum Headers {
     EachByName,
-    Map(Vec<RawHeader>),
+    /// The serialized map: values are borrowed from it, never copied per header.
+    Map(Vec<u8>),
 }
 
 impl Headers {
     /// The first value, as `get_map_value_bytes` gives it.
-    fn get(&self, name: &str) -> Option<Vec<u8>> {
+    fn get(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         match self {
-            Headers::EachByName => request_header(name),
-            Headers::Map(map) => map
-                .iter()
-                .find(|(n, _)| n == name.as_bytes())
-                .map(|(_, v)| v.clone()),
+            Headers::EachByName => request_header(name).map(Cow::Owned),
+            Headers::Map(map) => headermap::pairs(map)
+                .find(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| Cow::Borrowed(v)),
         }
     }
 
     /// Every value of a header, in the order the client sent them.
-    fn all(&self, name: &str) -> Vec<Vec<u8>> {
+    fn all(&self, name: &str) -> Vec<Cow<'_, [u8]>> {
         match self {
-            Headers::EachByName => request_header(name).into_iter().collect(),
-            Headers::Map(map) => map
-                .iter()
-                .filter(|(n, _)| n == name.as_bytes())
-                .map(|(_, v)| v.clone())
+            Headers::EachByName => request_header(name).map(Cow::Owned).into_iter().collect(),
+            Headers::Map(map) => headermap::pairs(map)
+                .filter(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| Cow::Borrowed(v))
                 .collect(),
         }
     }
@@ -119,7 +119,7 @@ impl Headers {
             return Vec::new();
         };
         let mut twins: Vec<String> = Vec::new();
-        for (name, _) in map {
+        for (name, _) in headermap::pairs(map) {
             if !name.contains(&b'_') {
                 continue;
             }
@@ -185,10 +185,10 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
     // operator has Envoy write the direct peer into `direct_peer_header` before any filter runs.
     let direct_ip = if reads.direct_ip {
         match &config.direct_peer_header {
-            Some(name) => headers
-                .get(name)
-                .and_then(|value| String::from_utf8(value).ok())
-                .and_then(|text| ip_of_address(text.trim()).parse::<IpAddr>().ok()),
+            Some(name) => headers.get(name).and_then(|value| {
+                let text = std::str::from_utf8(&value).ok()?;
+                ip_of_address(text.trim()).parse::<IpAddr>().ok()
+            }),
             None => remote_ip,
         }
     } else {
