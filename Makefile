@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm trap-wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench soak clean schema oci-image
+.PHONY: all setup build wasm trap-wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench instructions soak clean schema oci-image
 
 all: build
 
@@ -74,6 +74,12 @@ soak: wasm
 
 bench: wasm
 	scripts/bench.sh
+
+# Instructions per request under valgrind's callgrind: repeatable to ±0.3% whatever the
+# neighbours do, where Envoy CPU µs move by ±2 µs (about 4 minutes; benches/results/budget-draft.md).
+instructions: wasm
+	cd benches/noop-filter && cargo build --quiet --target wasm32-wasip1 --release
+	.venv/bin/python scripts/instructions.py
 
 clean:
 	cargo clean
