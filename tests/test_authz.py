@@ -8,7 +8,7 @@ import json
 import pytest
 import requests
 
-from support.envoy import Envoy, free_port, wait_for
+from support.envoy import Envoy, free_port, json_file_access_log, wait_for
 from support.jose import ISSUER, Signer, bearer, jwks
 
 SCOPED = {"scope": "orders:read reports:read"}
@@ -40,20 +40,9 @@ def plugin_config(signer):
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory, upstream, signer):
     workdir = tmp_path_factory.mktemp("authz")
-    envoy = Envoy(plugin_config(signer), {"upstream": upstream.port}, workdir)
-    settings = json.loads(envoy.config_path.read_text())
-    hcm = settings["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["access_log"] = [
-        {
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": str(workdir / "access.log"),
-                "log_format": {"json_format": {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%"}},
-            },
-        }
-    ]
-    envoy.config_path.write_text(json.dumps(settings))
+    fields = {"path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%"}
+    access_log = json_file_access_log(workdir / "access.log", fields)
+    envoy = Envoy(plugin_config(signer), {"upstream": upstream.port}, workdir, access_log=access_log)
     envoy.workdir_log = workdir / "access.log"
     with envoy.start():
         yield envoy

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from support.envoy import Envoy, wait_for
+from support.envoy import Envoy, json_file_access_log, wait_for
 from support.jose import ISSUER, Signer, jwks
 
 SECRET_QUERY = "s3cr3t-query-value"
@@ -42,21 +42,8 @@ def plugin_config(signer, access_log):
 
 
 def start(tmp_path, upstream, config):
-    envoy = Envoy(config, {"upstream": upstream.port}, tmp_path)
-    settings = json.loads(envoy.config_path.read_text())
-    hcm = settings["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["access_log"] = [
-        {
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": str(tmp_path / "access.log"),
-                "log_format": {"json_format": {"status": "%RESPONSE_CODE%", "meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%"}},
-            },
-        }
-    ]
-    envoy.config_path.write_text(json.dumps(settings))
-    return envoy.start()
+    access_log = json_file_access_log(tmp_path / "access.log", {"status": "%RESPONSE_CODE%", "meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%"})
+    return Envoy(config, {"upstream": upstream.port}, tmp_path, access_log=access_log).start()
 
 
 def test_one_record_per_request_with_decisions(tmp_path, upstream, signer):

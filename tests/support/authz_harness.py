@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .envoy import Envoy, wait_for
+from .envoy import Envoy, json_file_access_log, wait_for
 from .istio_native import ADMIN_PORT, API_PORT
 from .manifests import CLI
 
@@ -83,16 +83,7 @@ def _access_log(path, side):
         "audit_hint": "%DYNAMIC_METADATA(envoy.common:access_log_hint)%",
         "meshguard": "%FILTER_STATE(wasm.meshguard:PLAIN)%",
     }
-    return [
-        {
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": str(path),
-                "log_format": {"json_format": fields},
-            },
-        }
-    ]
+    return json_file_access_log(path, fields)
 
 
 def _listener(side, port, filters, tls, log_path):

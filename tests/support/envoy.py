@@ -130,6 +130,21 @@ MESHGUARD_STATS_TAGS = [
 ]
 
 
+def json_file_access_log(path, fields):
+    """Envoy's file access logger, one JSON object per request with these fields (`access_log` of
+    `Envoy` and `bootstrap`)."""
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": str(path),
+                "log_format": {"json_format": fields},
+            },
+        }
+    ]
+
+
 def bootstrap(http_filters, clusters, listener_port, admin_port, direct_response=False, access_log=None, hcm_options=None):
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     route = {"match": {"prefix": "/"}}
