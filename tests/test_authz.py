@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from support.envoy import Envoy, free_port, json_file_access_log, wait_for
+from support.wire import Http1
 from support.jose import ISSUER, Signer, bearer, jwks
 
 SCOPED = {"scope": "orders:read reports:read"}
@@ -139,3 +140,36 @@ def test_the_shipped_config_does_not_take_a_clients_forwarded_for_as_its_address
         for forwarded in ["203.0.113.9", "10.0.0.1, 203.0.113.9"]:
             answer = requests.get(url, headers={"x-forwarded-for": forwarded}, timeout=5)
             assert answer.status_code == 403, f"X-Forwarded-For {forwarded} moved the client out of its block"
+
+
+def test_bytes_that_are_not_utf8_in_what_authorization_reads_never_trap_and_never_help(tmp_path, upstream, signer):
+    """Every byte 0x80-0xFF (and a few control bytes Envoy lets through) in a header a deny and
+    an allow condition read, in a CORS preflight's headers and in the direct-peer header, each
+    also repeated: answered as specified (a condition never matches such a value), no VM failure."""
+    config = plugin_config(signer)
+    config["direct_peer_header"] = "x-direct-peer"
+    config["rules"].insert(0, {"name": "peers", "action": "deny", "when": [{"key": "source.ip", "values": ["10.0.0.0/8"]}]})
+    config["rules"].append({"name": "tenant", "match": {"prefix": "/t/"}, "allow_unauthenticated": True,
+                            "when": [{"key": "request.headers[x-tenant]", "values": ["acme"]}]})
+    with Envoy(config, {"upstream": upstream.port}, tmp_path).start() as envoy, Http1(envoy.listener_port) as client:
+        token = signer.sign(**SCOPED)
+        for byte in [*range(0x80, 0x100), 0x01, 0x7f]:
+            value = b"legacy-" + bytes([byte])
+            odd = bytes([byte])
+            cases = [
+                ([("x-client", value)], "/api/orders", 403),  # the deny rule's prefix still matches
+                ([("x-client", odd), ("x-client", b"legacy-1")], "/api/orders", 403),
+                ([("x-tenant", b"acm" + odd)], "/t/x", 403),
+                ([("x-tenant", b"acme"), ("x-tenant", odd)], "/t/x", 403),
+                ([("x-direct-peer", b"10.0.0." + odd)], "/api/orders", 200),
+                ([("origin", odd), ("access-control-request-method", odd)], "/api/reports/q3", 200),
+            ]
+            for headers, path, status in cases:
+                method = "OPTIONS" if headers[0][0] == "origin" else "GET"
+                sent = [("host", "svc"), *headers] + ([] if method == "OPTIONS" else [("authorization", f"Bearer {token}")])
+                response = client.request(method, path, sent)
+                if response.refused_by_codec:
+                    continue  # Envoy's codec refused the byte before any filter ran
+                assert response.status == status, (byte, headers, response.describe())
+        assert client.request("GET", "/t/x", [("host", "svc"), ("x-tenant", "acme")]).status == 200
+    assert not envoy.vm_failures(), envoy.vm_failures()[:4]

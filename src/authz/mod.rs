@@ -202,7 +202,6 @@ impl Facts<'_> {
                     seen(&peer.trust_domain);
                 }
             }
-            Key::Header(name) => self.request.header_values(name).for_each(&mut seen),
             Key::Path => seen(self.request.path_only()),
             Key::Method => seen(&self.request.method),
             Key::Host => seen(&self.request.authority),
@@ -211,8 +210,9 @@ impl Facts<'_> {
                     seen(&port.to_string());
                 }
             }
-            // Addresses are compared as addresses (`Values::Ip`), never as text.
-            Key::SourceIp | Key::RemoteIp => {}
+            // Addresses are compared as addresses (`Values::Ip`), never as text; a header's
+            // lines one by one (`header_holds`).
+            Key::SourceIp | Key::RemoteIp | Key::Header(_) => {}
         }
         present
     }
