@@ -151,8 +151,11 @@ def json_access_log(path, meshguard_decision=False):
 
 # --- meshguard configurations ----------------------------------------------------------------
 
-def meshguard(keys=None, rate_limit=None, access_log=False, key="claim:sub", when=None, **policy):
-    config = {"rules": [{"name": "api", "match": {"prefix": "/"}}], "access_log": {"enabled": access_log, "sample_rate": 1.0, "request_headers": ["user-agent"]}}
+def meshguard(keys=None, rate_limit=None, access_log=False, key="claim:sub", when=None, filter_state=False, **policy):
+    # The decision goes to Envoy's filter state only where an Envoy access logger reads it, as
+    # the native stacks export nothing either.
+    log = {"enabled": access_log, "filter_state": filter_state, "sample_rate": 1.0, "request_headers": ["user-agent"]}
+    config = {"rules": [{"name": "api", "match": {"prefix": "/"}}], "access_log": log}
     rule = config["rules"][0]
     if when:
         rule["when"] = when
@@ -282,7 +285,7 @@ def scenarios(keys, files):
         # The cheap way to log meshguard's decisions: Envoy's own access logger prints the
         # decision meshguard exports as filter state (what envoy/envoy.yaml ships).
         {"name": "meshguard: auth + rate limit, Envoy access log with its decision", "group": "hot", "pair": "stack, Envoy's access log", "side": "meshguard",
-         "filters": meshguard(keys, rl_user), "native_log": "meshguard", "tokens": cached},
+         "filters": meshguard(keys, rl_user, filter_state=True), "native_log": "meshguard", "tokens": cached},
         {"name": "native: jwt_authn (cache) + local_ratelimit", "group": "hot", "pair": "stack, log off", "side": "native",
          "filters": [jwt_authn(keys, True), local_ratelimit()], "tokens": cached},
         {"name": "meshguard: auth + rate limit, log off", "group": "hot", "pair": "stack, log off", "side": "meshguard",
@@ -296,7 +299,7 @@ def scenarios(keys, files):
     ]
     # Where meshguard's hot-path cost goes: the same filter with less to do.
     breakdown = [
-        {"name": "meshguard, breakdown: pass-through (no rules, log off)", "group": "hot", "filters": [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False}})]},
+        {"name": "meshguard, breakdown: pass-through (no rules, log off)", "group": "hot", "filters": [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False, "filter_state": False}})]},
         {"name": "meshguard, breakdown: auth only (cached token)", "group": "hot", "filters": meshguard(keys), "tokens": cached},
         {"name": "meshguard, breakdown: rate limit only (one key)", "group": "hot", "filters": meshguard(rate_limit=rl_user, key="const:hot")},
     ]

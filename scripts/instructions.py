@@ -51,14 +51,17 @@ def scenarios(keys):
                                "claim_to_headers": [{"claim_name": "sub", "header_name": "x-user"}]}},
         "rate_limits": {"limit": {"key": "claim:sub", "token_bucket": HUGE}},
         "rules": [{"name": "api", "match": {"prefix": "/"}, "requires": "corp", "rate_limits": ["limit"]}],
-        "access_log": {"enabled": False},
+        # As the native stack: nothing exported for a logger that is not there.
+        "access_log": {"enabled": False, "filter_state": False},
     }
+    exporting = {**stack, "access_log": {"enabled": False}}
     return [
         ("no filter", []),
         ("do-nothing Wasm filter", [meshguard_filter("", wasm=NOOP_WASM)]),
         ("native: jwt_authn (cache) + local_ratelimit", native_stack(keys)),
-        ("meshguard pass-through (no rules, log off)", [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False}})]),
+        ("meshguard pass-through (no rules, log off)", [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False, "filter_state": False}})]),
         ("meshguard auth + rate limit, log off", [meshguard_filter(stack)]),
+        ("meshguard auth + rate limit, log off, decision exported to filter state", [meshguard_filter(exporting)]),
     ]
 
 

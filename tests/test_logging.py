@@ -84,6 +84,28 @@ def test_one_record_per_request_with_decisions(tmp_path, upstream, signer):
         envoy.stop()
 
 
+def test_filter_state_export_can_be_turned_off(tmp_path, upstream, signer):
+    """`access_log.filter_state: false` spares the export (a serialisation and a host call per
+    request) where no Envoy logger reads it; decisions and meshguard's own log are unchanged."""
+    config = plugin_config(signer, {"enabled": True, "filter_state": False})
+    envoy = start(tmp_path, upstream, config)
+    try:
+        token = signer.sign(sub="alice")
+        statuses = [
+            envoy.get("/api/orders", {"authorization": f"Bearer {token}", "x-request-id": "off-allowed"}).status_code,
+            envoy.get("/api/orders", {"x-request-id": "off-missing"}).status_code,
+        ]
+        assert statuses == [200, 401]
+        assert wait_for(lambda: len(envoy.meshguard_records()) >= 2, timeout=5)
+        assert {r["request_id"]: r["decision"] for r in envoy.meshguard_records()} == {"off-allowed": "allowed", "off-missing": "unauthenticated"}
+        assert wait_for(lambda: (tmp_path / "access.log").exists() and len((tmp_path / "access.log").read_text().splitlines()) >= 2, timeout=5)
+        native = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+        assert [entry["status"] for entry in native] == [200, 401]
+        assert all(entry["meshguard"] is None for entry in native), native
+    finally:
+        envoy.stop()
+
+
 def test_secrets_never_reach_any_log_line(tmp_path, upstream, signer):
     config = plugin_config(signer, {"enabled": True, "sample_rate": 1.0, "request_headers": ["authorization", "cookie", "proxy-authorization"]})
     envoy = start(tmp_path, upstream, config)

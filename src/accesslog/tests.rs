@@ -90,6 +90,7 @@ fn dates_are_rfc3339_utc() {
 fn config(enabled: bool, sample_rate: f64) -> AccessLog {
     AccessLog {
         enabled,
+        filter_state: true,
         sample_rate,
         request_headers: vec![],
     }

@@ -215,6 +215,9 @@ pub enum Unmatched {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     pub enabled: bool,
+    /// Put the decision in Envoy's filter state (`wasm.meshguard`): one serialisation and one
+    /// host call per request, worth paying only where an Envoy access logger reads it.
+    pub filter_state: bool,
     pub sample_rate: f64,
     /// Lower-case names; secrets are never logged whatever this lists.
     pub request_headers: Vec<String>,

@@ -204,6 +204,9 @@ pub struct RawMatch {
 #[cfg_attr(feature = "cli", schemars(rename = "AccessLog"))]
 pub struct RawAccessLog {
     pub enabled: Option<bool>,
+    /// Whether the decision goes to Envoy's filter state (`wasm.meshguard`) for Envoy's own
+    /// access loggers; default true.
+    pub filter_state: Option<bool>,
     #[serde(default)]
     #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::sample_rate"))]
     pub sample_rate: Option<f64>,

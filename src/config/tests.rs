@@ -122,6 +122,19 @@ fn defaults_follow_envoy() {
     );
     assert_eq!(config.unmatched, Unmatched::Deny);
     assert!(config.access_log.enabled);
+    assert!(config.access_log.filter_state, "exported unless turned off");
+}
+
+#[test]
+fn filter_state_export_can_be_turned_off() {
+    let mut value = design_example();
+    value["access_log"]["filter_state"] = json!(false);
+    let config = parse(value.to_string().as_bytes()).expect("valid");
+    assert!(!config.access_log.filter_state);
+    assert!(
+        config.access_log.enabled,
+        "the own log is a separate switch"
+    );
 }
 
 #[test]

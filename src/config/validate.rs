@@ -897,6 +897,7 @@ fn build_access_log(raw: Option<&RawAccessLog>) -> Result<AccessLog, ConfigError
     let Some(raw) = raw else {
         return Ok(AccessLog {
             enabled: true,
+            filter_state: true,
             sample_rate: 1.0,
             request_headers: Vec::new(),
         });
@@ -916,6 +917,7 @@ fn build_access_log(raw: Option<&RawAccessLog>) -> Result<AccessLog, ConfigError
         .collect::<Result<Vec<_>, _>>()?;
     Ok(AccessLog {
         enabled: raw.enabled.unwrap_or(true),
+        filter_state: raw.filter_state.unwrap_or(true),
         sample_rate,
         request_headers,
     })

@@ -197,8 +197,9 @@ pub struct MeshguardHttp {
     pub start_ms: u64,
     /// The request's side of the access-log record, read with the request (log on only).
     pub exchange: Option<accesslog::Exchange>,
-    /// Whether the decision is already in Envoy's filter state.
-    pub exported: bool,
+    /// Whether the decision still has to go to Envoy's filter state: set when the stream opens
+    /// if `access_log.filter_state` asks for the export, cleared once it is done.
+    pub export_pending: bool,
 }
 
 impl Context for MeshguardHttp {
@@ -290,7 +291,7 @@ impl MeshguardHttp {
     /// Puts the decision in Envoy's filter state (`wasm.meshguard`), once, so Envoy's own access
     /// loggers can print it (`%FILTER_STATE(wasm.meshguard:PLAIN)%`).
     fn export_verdict(&mut self) {
-        if self.exported {
+        if !self.export_pending {
             return;
         }
         let json = match self.state.try_borrow() {
@@ -302,7 +303,7 @@ impl MeshguardHttp {
         };
         if let Some(json) = json {
             let _ = hostcalls::set_property(vec!["meshguard"], Some(json.as_bytes()));
-            self.exported = true;
+            self.export_pending = false;
         }
     }
 

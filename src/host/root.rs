@@ -119,7 +119,9 @@ impl RootContext for MeshguardRoot {
                 state: state.clone(),
                 start_ms: 0,
                 exchange: None,
-                exported: false,
+                export_pending: state
+                    .try_borrow()
+                    .map_or(true, |st| st.vm.config.access_log.filter_state),
             })),
             None => Some(Box::new(Unconfigured)),
         }
