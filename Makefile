@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 PYTEST := .venv/bin/pytest
 
-.PHONY: all setup build wasm trap-wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench instructions soak clean schema oci-image
+.PHONY: budget all setup build wasm trap-wasm cli rls-server unit lint integration fuzz fuzz-smoke test run bench instructions soak clean schema oci-image
 
 all: build
 
@@ -80,6 +80,13 @@ bench: wasm
 instructions: wasm
 	cd benches/noop-filter && cargo build --quiet --target wasm32-wasip1 --release
 	.venv/bin/python scripts/instructions.py
+
+# The per-request budget in instructions: each callback Envoy enters and each call into Envoy on
+# meshguard's hot path, measured one at a time under callgrind (about 5 minutes).
+budget: setup
+	cd benches/noop-filter && cargo build --quiet --target wasm32-wasip1 --release
+	cd benches/hostcall-probe && cargo build --quiet --target wasm32-wasip1 --release
+	.venv/bin/python scripts/budget.py
 
 clean:
 	cargo clean

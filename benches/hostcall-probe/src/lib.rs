@@ -19,6 +19,7 @@ enum Call {
     SharedGet,
     SharedCas,
     SetHeader,
+    RemoveHeader,
     Log,
     /// meshguard's auth path call by call: read :path and the token, remove it, set the claim.
     AuthCalls,
@@ -51,6 +52,7 @@ impl RootContext for Probe {
             "shared_get" => Call::SharedGet,
             "shared_cas" => Call::SharedCas,
             "set_header" => Call::SetHeader,
+            "remove_header" => Call::RemoveHeader,
             "log" => Call::Log,
             "auth_calls" => Call::AuthCalls,
             "auth_map" => Call::AuthMap,
@@ -86,6 +88,8 @@ impl HttpContext for Probe {
                     }
                 }
                 Call::SetHeader => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-probe", Some("alice"))),
+                // The first removes the header; later ones find it gone (as a second remove would).
+                Call::RemoveHeader => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None)),
                 Call::AuthCalls => {
                     drop(black_box(hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")));
                     drop(black_box(hostcalls::get_map_value(MapType::HttpRequestHeaders, "authorization")));
