@@ -35,13 +35,19 @@ HUGE = {"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000, "fill_int
 NOOP_WASM = REPO / "benches/noop-filter/target/wasm32-wasip1/release/noop_filter.wasm"
 
 
-def native_stack(keys):
-    """Envoy's jwt_authn (cache) + local_ratelimit, as scripts/bench.py configures them."""
+def bench_module():
+    """scripts/bench.py, for its native filter and access-log configurations."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def native_stack(keys):
+    """Envoy's jwt_authn (cache) + local_ratelimit, as scripts/bench.py configures them."""
+    bench = bench_module()
     return [bench.jwt_authn(keys, True), bench.local_ratelimit()]
 
 
@@ -55,6 +61,7 @@ def scenarios(keys):
         "access_log": {"enabled": False, "filter_state": False},
     }
     exporting = {**stack, "access_log": {"enabled": False}}
+    logging = {**stack, "access_log": {"enabled": True, "filter_state": False, "sample_rate": 1.0, "request_headers": ["user-agent"]}}
     return [
         ("no filter", []),
         ("do-nothing Wasm filter", [meshguard_filter("", wasm=NOOP_WASM)]),
@@ -62,6 +69,9 @@ def scenarios(keys):
         ("meshguard pass-through (no rules, log off)", [meshguard_filter({"unmatched": "allow", "access_log": {"enabled": False, "filter_state": False}})]),
         ("meshguard auth + rate limit, log off", [meshguard_filter(stack)]),
         ("meshguard auth + rate limit, log off, decision exported to filter state", [meshguard_filter(exporting)]),
+        # The log-on pair, as scripts/bench.py's "stack, log on".
+        ("native: jwt_authn (cache) + local_ratelimit + JSON access log", native_stack(keys), "json_access_log"),
+        ("meshguard auth + rate limit + its access log", [meshguard_filter(logging)]),
     ]
 
 
@@ -83,9 +93,9 @@ def send(port, count, token):
     connection.close()
 
 
-def measure(name, filters, workdir, requests, token, warm_up):
+def measure(name, filters, workdir, requests, token, warm_up, access_log=None):
     port, admin = free_port(), free_port()
-    config = bootstrap(filters, [], port, admin, direct_response=True)
+    config = bootstrap(filters, [], port, admin, direct_response=True, access_log=access_log)
     config_path = Path(workdir) / f"{abs(hash(name))}.json"
     config_path.write_text(json.dumps(config))
     out = Path(workdir) / f"{abs(hash(name))}.callgrind"
@@ -153,10 +163,11 @@ def main():
     keep = os.environ.get("INSTRUCTIONS_KEEP")
     with (tempfile.TemporaryDirectory() if not keep else _Keep(keep)) as workdir:
         base = None
-        for name, filters in scenarios(jwks(signer)):
+        for name, filters, *log in scenarios(jwks(signer)):
             if args.only and args.only not in name and name != "no filter":
                 continue
-            instructions, ready_s = measure(name, filters, workdir, args.requests, token, args.warm_up)
+            access_log = bench_module().json_access_log(Path(workdir) / "access.log") if log else None
+            instructions, ready_s = measure(name, filters, workdir, args.requests, token, args.warm_up, access_log)
             per_request = instructions / args.requests
             base = per_request if name == "no filter" else base
             rows.append((name, per_request, per_request - (base or 0), ready_s))
