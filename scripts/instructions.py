@@ -8,7 +8,12 @@ filter, is the instructions a filter adds per request. V8's JIT writes code at r
 `--smc-check=all`. Slow (valgrind runs Envoy ~50x slower) but repeatable: the same binary, config
 and requests give the same count whatever else the machine is doing.
 
-usage: scripts/instructions.py [--requests N] [--only SUBSTRING]
+With --fresh ALG (RS256, ES256, EdDSA) it measures instead what a token never seen before costs:
+every request carries a different token signed with ALG (distinct `jti`), so meshguard's token
+cache never hits, against Envoy's jwt_authn without its cache, as `make bench`'s cold pairs do.
+MESHGUARD_WASM=path measures another build of meshguard (e.g. the one before a change).
+
+usage: scripts/instructions.py [--requests N] [--only SUBSTRING] [--fresh ALG]
 """
 
 import argparse
@@ -36,7 +41,8 @@ NOOP_WASM = REPO / "benches/noop-filter/target/wasm32-wasip1/release/noop_filter
 
 
 def bench_module():
-    """scripts/bench.py, for its native filter and access-log configurations."""
+    """scripts/bench.py, for the native filters, access-log configurations and meshguard
+    configured as `make bench` does."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
@@ -49,6 +55,16 @@ def native_stack(keys):
     """Envoy's jwt_authn (cache) + local_ratelimit, as scripts/bench.py configures them."""
     bench = bench_module()
     return [bench.jwt_authn(keys, True), bench.local_ratelimit()]
+
+
+def fresh_scenarios(keys, alg):
+    """`make bench`'s cold pair for `alg`: jwt_authn without cache against meshguard's auth."""
+    bench = bench_module()
+    return [
+        ("no filter", []),
+        (f"native: jwt_authn (no cache), fresh {alg}", [bench.jwt_authn(keys, False)]),
+        (f"meshguard: fresh {alg}", bench.meshguard(keys)),
+    ]
 
 
 def scenarios(keys):
@@ -82,9 +98,11 @@ def total_ir(path):
 
 
 def send(port, count, token):
+    """`count` requests with `token`, or with each of a list of tokens in turn."""
+    tokens = [token] if isinstance(token, str) else token
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"authorization": f"Bearer {token}", "user-agent": "instructions"}
-    for _ in range(count):
+    for i in range(count):
+        headers = {"authorization": f"Bearer {tokens[i % len(tokens)]}", "user-agent": "instructions"}
         connection.request("GET", "/api/orders", headers=headers)
         response = connection.getresponse()
         response.read()
@@ -94,6 +112,10 @@ def send(port, count, token):
 
 
 def measure(name, filters, workdir, requests, token, warm_up, access_log=None):
+    """Instructions Envoy runs for `requests` requests after `warm_up` others. `token` is one
+    token for every request, or a list: the warm-up takes the first `warm_up`, the measured
+    requests the next `requests` (a list that long has no token twice)."""
+    warm_tokens, tokens = (token, token) if isinstance(token, str) else (token[:warm_up], token[warm_up:])
     port, admin = free_port(), free_port()
     config = bootstrap(filters, [], port, admin, direct_response=True, access_log=access_log)
     config_path = Path(workdir) / f"{abs(hash(name))}.json"
@@ -120,9 +142,9 @@ def measure(name, filters, workdir, requests, token, warm_up, access_log=None):
                     raise RuntimeError(f"{name}: not ready in 600 s")
                 time.sleep(1)
         ready_s = time.time() - started
-        send(port, warm_up, token)
+        send(port, warm_up, warm_tokens)
         subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, capture_output=True)
-        send(port, requests, token)
+        send(port, requests, tokens)
         subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(process.pid)], check=True, capture_output=True)
         time.sleep(2)
@@ -156,14 +178,22 @@ def main():
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm-up", type=int, default=300)
     parser.add_argument("--only", default="")
+    parser.add_argument("--fresh", metavar="ALG", help="a new ALG token on every request, against jwt_authn without cache")
     args = parser.parse_args()
-    signer = Signer("RS256")
-    token = signer.sign(exp=int(time.time()) + 86400)
+    signer = Signer(args.fresh or "RS256")
+    if args.fresh:
+        # A distinct `jti` makes every token, and its signature, new.
+        now = int(time.time())
+        token = [signer.sign(exp=now + 86400, jti=f"{args.fresh}-{i}") for i in range(args.warm_up + args.requests)]
+        plan = fresh_scenarios(jwks(signer), args.fresh)
+    else:
+        token = signer.sign(exp=int(time.time()) + 86400)
+        plan = scenarios(jwks(signer))
     rows = []
     keep = os.environ.get("INSTRUCTIONS_KEEP")
     with (tempfile.TemporaryDirectory() if not keep else _Keep(keep)) as workdir:
         base = None
-        for name, filters, *log in scenarios(jwks(signer)):
+        for name, filters, *log in plan:
             if args.only and args.only not in name and name != "no filter":
                 continue
             access_log = bench_module().json_access_log(Path(workdir) / "access.log") if log else None

@@ -3,8 +3,9 @@
 //! checks, so no algorithm may see (or refuse) more of the token than another.
 //!
 //! The primitives are the ones jwt-simple's `pure-rust` feature is built on, at the same
-//! versions: `rsa` (PKCS #1 v1.5 and PSS), `p256`/`p384` (ECDSA), `ed25519-compact` and the
-//! `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA and ECDSA.
+//! versions: `rsa` (PKCS #1 v1.5 and PSS), `p256`/`p384` (ECDSA) and the
+//! `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA, ECDSA and Ed25519. Ed25519's
+//! curve arithmetic is `curve25519-dalek`'s (see `ed25519_verifies` for why).
 
 use hmac_sha256::Hash as Sha256;
 use hmac_sha512::sha384::Hash as Sha384;
@@ -110,7 +111,7 @@ pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
 /// Whether `public` is a canonically encoded Ed25519 point of large order (what `verify`
 /// requires of a key anyway; checked at load so a useless key is reported, not kept).
 pub fn ed25519_key_accepted(public: &[u8]) -> bool {
-    ed25519_compact::PublicKey::from_slice(public).is_ok_and(|key| key.validate().is_ok())
+    <&[u8; 32]>::try_from(public).is_ok_and(|public| ed25519_point(public).is_some())
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -184,16 +185,53 @@ fn p384_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
     key.verify_prehash(&Sha384::hash(input), &signature).is_ok()
 }
 
-/// Ed25519 (EdDSA, RFC 8037 §3.1). `verify` refuses small-order keys and `R`, and a
-/// non-canonical `S`.
+/// Ed25519 (EdDSA, RFC 8037 §3.1, RFC 8032 §5.1.7) with the acceptance rules of
+/// ed25519-compact, which verified it until curve25519-dalek's 32-bit field arithmetic (a native
+/// `i64.mul` in Wasm, where ed25519-compact's 128-bit products are calls) made it about twice as
+/// fast in V8: `S` below the group order `L`; the key `A` and `R` canonical encodings of points not
+/// of small order; and the cofactored equation `[8](sB - hA - R) = 0`, `h` = SHA-512(R‖A‖M) mod `L`.
+/// (ed25519-dalek's `verify_strict` differs: it checks `sB - hA = R` without the cofactor and
+/// takes a non-canonical `A`.)
 fn ed25519_verifies(public: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    let (Ok(key), Ok(signature)) = (
-        ed25519_compact::PublicKey::from_slice(public),
-        ed25519_compact::Signature::from_slice(signature),
+    use curve25519_dalek::{EdwardsPoint, Scalar};
+
+    let (Ok(public), Some((r, s))) = (
+        <&[u8; 32]>::try_from(public),
+        <&[u8; 64]>::try_from(signature)
+            .ok()
+            .and_then(|signature| signature.split_first_chunk::<32>()),
     ) else {
         return false;
     };
-    key.verify(input, &signature).is_ok()
+    let Some(s) = <[u8; 32]>::try_from(s)
+        .ok()
+        .and_then(|s| Option::<Scalar>::from(Scalar::from_canonical_bytes(s)))
+    else {
+        return false;
+    };
+    let (Some(a), Some(r_point)) = (ed25519_point(public), ed25519_point(r)) else {
+        return false;
+    };
+    let mut hash = Sha512::new();
+    hash.update(r);
+    hash.update(public);
+    hash.update(input);
+    let h = Scalar::from_bytes_mod_order_wide(&hash.finalize());
+    (EdwardsPoint::vartime_double_scalar_mul_basepoint(&h, &-a, &s) - r_point).is_small_order()
+}
+
+/// The point `bytes` encodes, if the encoding is canonical (`y` below p = 2^255 - 19: dalek's
+/// decompression alone would take `y` mod p) and the point is not of small order.
+fn ed25519_point(bytes: &[u8; 32]) -> Option<curve25519_dalek::EdwardsPoint> {
+    let [first, middle @ .., last] = *bytes;
+    // The only encodings of y >= p: 0xed..=0xff, then thirty 0xff, then 0x7f (sign bit aside).
+    let non_canonical = last & 0x7f == 0x7f && middle.iter().all(|&b| b == 0xff) && first >= 0xed;
+    if non_canonical {
+        return None;
+    }
+    curve25519_dalek::edwards::CompressedEdwardsY(*bytes)
+        .decompress()
+        .filter(|point| !point.is_small_order())
 }
 
 /// HMAC (HS256/384/512, RFC 7518 §3.2), compared in constant time by the HMAC crates. A key
@@ -361,6 +399,252 @@ mod tests {
                 "{alg} {secret_len}"
             );
             assert!(!verifies(alg, &key, input, &tag[1..]), "{alg} short tag");
+        }
+    }
+}
+
+/// The Ed25519 verifier against the one it replaced (ed25519-compact's `verify` and
+/// `validate`): RFC 8032's vectors, and every edge case where Ed25519 verifiers are known to
+/// differ ("Taming the many EdDSAs", Chalkias et al. 2020), give the same answer from both.
+#[cfg(test)]
+mod ed25519_tests {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::{EdwardsPoint, Scalar};
+
+    use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn compact_verifies(public: &[u8], input: &[u8], signature: &[u8]) -> bool {
+        let (Ok(key), Ok(signature)) = (
+            ed25519_compact::PublicKey::from_slice(public),
+            ed25519_compact::Signature::from_slice(signature),
+        ) else {
+            return false;
+        };
+        key.verify(input, &signature).is_ok()
+    }
+
+    fn compact_key_accepted(public: &[u8]) -> bool {
+        ed25519_compact::PublicKey::from_slice(public).is_ok_and(|key| key.validate().is_ok())
+    }
+
+    /// Both verifiers' answer, which must be the same.
+    fn verdict(public: &[u8], input: &[u8], signature: &[u8]) -> bool {
+        let new = ed25519_verifies(public, input, signature);
+        assert_eq!(
+            new,
+            compact_verifies(public, input, signature),
+            "A {public:02x?} signature {signature:02x?}"
+        );
+        new
+    }
+
+    fn key_verdict(public: &[u8]) -> bool {
+        let new = ed25519_key_accepted(public);
+        assert_eq!(new, compact_key_accepted(public), "A {public:02x?}");
+        new
+    }
+
+    /// A signature made the way RFC 8032 signs, but with our own scalars, so that keys and `R`
+    /// with a small-order component (or of small order) can be built: `s = r + h·a`.
+    fn sign_raw(
+        a: Scalar,
+        public: [u8; 32],
+        r: Scalar,
+        r_encoded: [u8; 32],
+        input: &[u8],
+    ) -> Vec<u8> {
+        let mut hash = Sha512::new();
+        hash.update(r_encoded);
+        hash.update(public);
+        hash.update(input);
+        let h = Scalar::from_bytes_mod_order_wide(&hash.finalize());
+        [r_encoded, (r + h * a).to_bytes()].concat()
+    }
+
+    const SECRET: [u8; 32] = [7; 32];
+    const NONCE: [u8; 32] = [9; 32];
+
+    fn honest_key() -> (Scalar, EdwardsPoint) {
+        let a = Scalar::from_bytes_mod_order(SECRET);
+        (a, EdwardsPoint::mul_base(&a))
+    }
+
+    #[test]
+    fn rfc_8032_test_vectors_verify_and_a_changed_message_or_signature_does_not() {
+        // RFC 8032 §7.1: TEST 1, 2, 3 and SHA(abc) (seed, public key, message, signature).
+        for (seed, public, message, signature) in [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+            (
+                "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+                "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+                "af82",
+                "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+            ),
+            (
+                "833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42",
+                "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+                "dc2a4459e7369633a52b1bf277839a00201009a3efbf3ecb69bea2186c26b58909351fc9ac90b3ecfdfbc7c66431e0303dca179c138ac17ad9bef1177331a704",
+            ),
+        ] {
+            let (public, message, signature) = (hex(public), hex(message), hex(signature));
+            // The vectors are copied right: the seed gives this key and this signature.
+            let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::from_slice(&hex(seed)).unwrap());
+            assert_eq!(pair.pk.as_ref(), public.as_slice());
+            assert_eq!(pair.sk.sign(&message, None).as_ref(), signature.as_slice());
+
+            assert!(key_verdict(&public));
+            assert!(verdict(&public, &message, &signature));
+            let key = KeyMaterial::Ed25519 { public: public.clone() };
+            assert!(verifies(Algorithm::EdDSA, &key, &message, &signature));
+            let mut longer = message.clone();
+            longer.push(0);
+            assert!(!verdict(&public, &longer, &signature));
+            for bit in [0, 100, 255, 256, 300, 511] {
+                let mut flipped = signature.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(!verdict(&public, &message, &flipped), "bit {bit}");
+            }
+            assert!(!verdict(&public, &message, &signature[..63]));
+            assert!(!verdict(&public[..31], &message, &signature));
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_s_is_refused_though_s_minus_l_verifies() {
+        // S + L is S for the group, so only the canonical-S rule refuses it (RFC 8032 §5.1.7).
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let public = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+        let signature = hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b");
+        assert!(verdict(&public, b"", &signature));
+        let mut plus_l = signature.clone();
+        let mut carry = 0u16;
+        for (byte, l) in plus_l[32..].iter_mut().zip(L) {
+            let sum = u16::from(*byte) + u16::from(l) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0);
+        assert!(!verdict(&public, b"", &plus_l));
+        let mut exactly_l = signature[..32].to_vec();
+        exactly_l.extend(L);
+        assert!(!verdict(&public, b"", &exactly_l));
+    }
+
+    #[test]
+    fn a_small_order_key_or_r_is_refused_though_the_equation_holds() {
+        let input = b"any message at all";
+        let (a, honest) = honest_key();
+        let honest = honest.compress().to_bytes();
+        // Each point's encoding, and with the sign of x flipped: for the two points with x = 0
+        // that is a "negative zero" no encoder writes, which decodes all the same.
+        let encodings = EIGHT_TORSION.into_iter().flat_map(|torsion| {
+            let canonical = torsion.compress().to_bytes();
+            let mut flipped = canonical;
+            flipped[31] ^= 0x80;
+            [canonical, flipped]
+        });
+        for small in encodings {
+            assert!(!key_verdict(&small), "{small:02x?}");
+            // A small-order key with R = the identity and s = 0 satisfies the cofactored
+            // equation for every message: only the small-order rule refuses it.
+            let identity = EdwardsPoint::default().compress().to_bytes();
+            assert!(!verdict(&small, input, &[identity, [0; 32]].concat()));
+            // An honest key and a small-order R with s = h·a: sB - hA - R = -R, of small order.
+            let forged = sign_raw(a, honest, Scalar::ZERO, small, input);
+            assert!(!verdict(&honest, input, &forged), "{small:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_key_or_r_with_a_small_order_component_verifies_under_the_cofactored_equation() {
+        // ed25519-dalek's verify_strict refuses these 7 times in 8 (sB - hA = R without the
+        // cofactor); ed25519-compact, and so meshguard, accepts them.
+        let input = b"mixed order";
+        let (a, honest) = honest_key();
+        let r = Scalar::from_bytes_mod_order(NONCE);
+        for torsion in EIGHT_TORSION.into_iter().skip(1) {
+            let mixed_key = (honest + torsion).compress().to_bytes();
+            assert!(key_verdict(&mixed_key));
+            let r_encoded = EdwardsPoint::mul_base(&r).compress().to_bytes();
+            let signature = sign_raw(a, mixed_key, r, r_encoded, input);
+            assert!(verdict(&mixed_key, input, &signature));
+
+            let honest_key = honest.compress().to_bytes();
+            let mixed_r = (EdwardsPoint::mul_base(&r) + torsion).compress().to_bytes();
+            let signature = sign_raw(a, honest_key, r, mixed_r, input);
+            assert!(verdict(&honest_key, input, &signature));
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_encoding_of_a_point_is_refused_though_it_decodes() {
+        // y = p + k for k = 0..=18 (p = 2^255 - 19), either sign: the only encodings of y >= p.
+        let mut decodes_to_large_order = 0;
+        for k in 0..=18u8 {
+            for sign in [0, 0x80] {
+                let mut encoded = [0xff; 32];
+                encoded[0] = 0xed + k;
+                encoded[31] = 0x7f | sign;
+                if CompressedEdwardsY(encoded)
+                    .decompress()
+                    .is_some_and(|point| !point.is_small_order())
+                {
+                    decodes_to_large_order += 1;
+                }
+                assert!(!key_verdict(&encoded), "{encoded:02x?}");
+                let (a, honest) = honest_key();
+                let honest = honest.compress().to_bytes();
+                let signature = sign_raw(a, honest, Scalar::ONE, encoded, b"m");
+                assert!(!verdict(&honest, b"m", &signature));
+            }
+        }
+        // Without the canonical check, dalek's decompression would have taken some of them.
+        assert!(decodes_to_large_order > 0);
+    }
+
+    #[test]
+    fn many_keys_messages_and_flipped_bits_get_the_same_answer_from_both() {
+        for round in 0..24u8 {
+            let pair =
+                ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([round + 1; 32]));
+            let message: Vec<u8> = (0..u16::from(round) * 13)
+                .map(|i| (i % 251) as u8)
+                .collect();
+            let signature = pair.sk.sign(&message, None);
+            assert!(key_verdict(pair.pk.as_ref()));
+            assert!(verdict(pair.pk.as_ref(), &message, signature.as_ref()));
+            for bit in (usize::from(round)..512).step_by(29) {
+                let mut flipped = signature.to_vec();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                verdict(pair.pk.as_ref(), &message, &flipped);
+                let mut key = pair.pk.to_vec();
+                key[bit % 256 / 8] ^= 1 << (bit % 8);
+                key_verdict(&key);
+                verdict(&key, &message, signature.as_ref());
+            }
         }
     }
 }
