@@ -34,6 +34,16 @@ impl MeshguardRoot {
 }
 
 impl Context for MeshguardRoot {
+    /// The plugin is going away: this VM's leased rate-limit tokens go back now.
+    fn on_done(&mut self) -> bool {
+        if let Some(state) = &self.state {
+            if let Ok(mut state) = state.try_borrow_mut() {
+                state.vm.buckets.end_leases(now_ms(), true);
+            }
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(state) = &self.state {
             on_grpc_response(state, token_id, status_code, response_size, self.context_id);
