@@ -308,8 +308,7 @@ impl LeaseTable {
         self.leases.is_empty()
     }
 
-    /// Unused tokens this VM holds for `key` of `policy` (for the property tests).
-    #[cfg(test)]
+    /// Unused tokens this VM can still serve for `key` of `policy` as of `now_ms`.
     pub fn unused(&self, policy: &str, key: &str, now_ms: u64) -> u64 {
         self.leases
             .iter()

@@ -108,6 +108,11 @@ impl<S: SharedSlots> Buckets<S> {
         self.leases.len()
     }
 
+    /// Tokens this VM's lease of `key` can still serve as of `now_ms`.
+    pub fn leased(&self, policy: &str, key: &str, now_ms: u64) -> u64 {
+        self.leases.unused(policy, key, now_ms)
+    }
+
     fn give_back(&mut self, lease: &Lease, now_ms: u64) {
         let (Some(seed), Some(give_back)) = (self.seed, lease.give_back()) else {
             return;
