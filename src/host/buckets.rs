@@ -51,14 +51,14 @@ pub fn for_config(config: &Config) -> Result<HostBuckets, SeedError> {
 }
 
 /// Adopts the stored seed if it is not this VM's (two VMs that created one at once).
-pub fn recheck_seed(buckets: &mut HostBuckets) {
+pub fn recheck_seed(buckets: &mut HostBuckets, now_ms: u64) {
     let Some(seed) = buckets.seed() else {
         return;
     };
     match stored_seed() {
         Some(stored) if stored != seed => {
             warn!("rate limits: this VM's slot seed was not the stored one; adopting it");
-            buckets.adopt_seed(stored);
+            buckets.adopt_seed(stored, now_ms);
         }
         _ => {}
     }

@@ -121,7 +121,7 @@ impl RootContext for MeshguardRoot {
             let stale = jwks::sync_all(vm, now);
             vm.buckets.end_leases(now, false);
             let effects = flow.tick(vm, now, &stale);
-            buckets::recheck_seed(&mut vm.buckets);
+            buckets::recheck_seed(&mut vm.buckets, now);
             vm.metrics.flush();
             effects
         };

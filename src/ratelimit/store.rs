@@ -85,8 +85,10 @@ impl<S: SharedSlots> Buckets<S> {
         self.seed
     }
 
-    /// Places keys with `seed` from now on. Leases stay: they name their key, not a slot.
-    pub fn adopt_seed(&mut self, seed: SlotSeed) {
+    /// Places keys with `seed` from now on. The leases end first, their tokens going back to
+    /// the buckets they came from (placed by the old seed).
+    pub fn adopt_seed(&mut self, seed: SlotSeed, now_ms: u64) {
+        self.end_leases(now_ms, true);
         self.seed = Some(seed);
     }
 

@@ -187,6 +187,24 @@ fn unused_tokens_go_back_when_the_lease_ends() {
 }
 
 #[test]
+fn a_new_seed_ends_the_leases_into_the_buckets_they_came_from() {
+    let b = bucket(100, 100, 60_000);
+    let p = policy(&b, LimitMode::Reject, false);
+    let mut buckets = MemoryBuckets::default();
+    buckets.take(&p, &b, "k", 0, TakeMode::Reject);
+    assert_eq!(shared(&buckets, &b, "k", 0).unwrap().tokens, 94);
+    let old = buckets.worker();
+    buckets.adopt_seed(SlotSeed::new([9; slots::SEED_BYTES]), 1);
+    assert_eq!(buckets.leases(), 0);
+    assert_eq!(shared(&old, &b, "k", 1).unwrap().tokens, 99);
+    assert_eq!(
+        shared(&buckets, &b, "k", 1),
+        None,
+        "nothing went to the new placement"
+    );
+}
+
+#[test]
 fn a_give_back_after_a_fill_is_dropped_and_never_overfills() {
     let b = bucket(100, 50, 1_000);
     let p = policy(&b, LimitMode::Reject, false);
