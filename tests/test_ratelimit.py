@@ -34,6 +34,8 @@ def envoy(tmp_path_factory, upstream, signer):
             "per_ip": {"key": "client_ip", "token_bucket": bucket(2, 2, "1h")},
             "advertised": {"key": ["header:x-api-key"], "enable_ratelimit_headers": True, "token_bucket": bucket(5, 5, "1h")},
             "patient": {"key": ["header:x-api-key"], "mode": "delay", "max_delay": "5s", "token_bucket": bucket(1, 1, "1s")},
+            # Big enough for workers to lease batches (25 tokens while 200 stay shared); no refill.
+            "leased": {"key": ["header:x-api-key"], "token_bucket": bucket(400, 400, "1h")},
         },
         "rules": [
             {"name": "burst", "match": {"prefix": "/burst"}, "allow_unauthenticated": True, "rate_limits": ["burst"]},
@@ -45,6 +47,7 @@ def envoy(tmp_path_factory, upstream, signer):
             {"name": "per-ip", "match": {"prefix": "/per-ip"}, "allow_unauthenticated": True, "rate_limits": ["per_ip"]},
             {"name": "advertised", "match": {"prefix": "/advertised"}, "allow_unauthenticated": True, "rate_limits": ["advertised"]},
             {"name": "patient", "match": {"prefix": "/patient"}, "allow_unauthenticated": True, "rate_limits": ["patient"]},
+            {"name": "leased", "match": {"prefix": "/leased"}, "allow_unauthenticated": True, "rate_limits": ["leased"]},
         ],
     }
     with Envoy(config, {"upstream": upstream.port}, tmp_path_factory.mktemp("ratelimit")) as running:
@@ -63,6 +66,43 @@ def test_exactly_max_tokens_pass_in_a_parallel_burst_across_workers(envoy):
         statuses = [r.status_code for r, _ in pool.map(lambda _: fresh_get(envoy, "/burst"), range(120))]
     assert statuses.count(200) == 20, statuses
     assert statuses.count(429) == 100
+
+
+def statuses_over_connections(envoy, path, headers, connections, per_connection):
+    """Statuses of `per_connection` requests on each of `connections` keep-alive connections, sent
+    at once: Envoy spreads connections, not requests, over its workers."""
+
+    def one_connection(_):
+        with requests.Session() as session:
+            return [session.get(envoy.url(path), headers=headers, timeout=10).status_code for _ in range(per_connection)]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=connections) as pool:
+        return [status for statuses in pool.map(one_connection, range(connections)) for status in statuses]
+
+
+def worker_connections(envoy):
+    """Connections each Envoy worker has accepted on the listener so far."""
+    text = requests.get(f"http://127.0.0.1:{envoy.admin_port}/stats?filter=worker_.*downstream_cx_total", timeout=5).text
+    return [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if f"_{envoy.listener_port}.worker_" in line]
+
+
+def test_leased_batches_admit_exactly_the_bucket_and_give_back_what_they_did_not_use(envoy):
+    headers = {"x-api-key": "leased"}
+    # 96 of the 400 tokens over 16 connections: both workers lease batches, and the last lease of
+    # each is left with tokens it has not used.
+    first = statuses_over_connections(envoy, "/leased", headers, connections=16, per_connection=6)
+    assert first == [200] * 96, first
+    assert len(worker_connections(envoy)) == 2 and all(worker_connections(envoy)), worker_connections(envoy)
+    # Past the leases' lifetime (100 ms) the workers' ticks give back what they did not use, so the
+    # 304 tokens left are all let through, and not one more: the bucket does not refill.
+    admitted = 96
+    for _ in range(2):
+        time.sleep(0.5)
+        more = statuses_over_connections(envoy, "/leased", headers, connections=16, per_connection=25)
+        assert set(more) <= {200, 429}
+        admitted += more.count(200)
+    assert admitted == 400
+    assert 429 in more, "the last round found the bucket empty"
 
 
 def test_429_carries_policy_state_and_retry_headers(envoy):

@@ -703,6 +703,12 @@ impl Flow {
         }
     }
 
+    /// Asks for a tick by `at_ms` for the adapter's own timed work (a rate-limit lease ending),
+    /// unless one is due by then already; the flow keeps counting on the tick it then expects.
+    pub fn wake_by(&mut self, at_ms: u64, now_ms: u64, effects: &mut Effects) {
+        self.tick_by(at_ms, now_ms, effects);
+    }
+
     /// Asks for a tick by `at_ms` unless one is due by then already. Asking again for a later
     /// tick would only put it off: Envoy starts the period anew at every call.
     fn tick_by(&mut self, at_ms: u64, now_ms: u64, effects: &mut Effects) {

@@ -64,6 +64,14 @@ pub fn perform(
     opening: Option<StreamId>,
     now_ms: u64,
 ) -> Option<Outcome> {
+    let mut effects = effects;
+    if let Ok(mut st) = state.try_borrow_mut() {
+        // A lease taken or kept on this event ends on a tick: ask for one by its end.
+        let VmState { flow, vm } = &mut *st;
+        if let Some(end_ms) = vm.buckets.next_lease_end_ms() {
+            flow.wake_by(end_ms, now_ms, &mut effects);
+        }
+    }
     let mut queue = VecDeque::new();
     receive(effects, &mut queue);
     let mut outcomes = Vec::new();

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
-use super::buckets::HostBuckets;
+use super::buckets;
 use super::crypto::{detect_host_crypto, HostVerifier};
 use super::http::{on_call_response, on_grpc_response, perform, MeshguardHttp, Unconfigured};
 use super::jwks;
@@ -34,6 +34,16 @@ impl MeshguardRoot {
 }
 
 impl Context for MeshguardRoot {
+    /// The plugin is going away: this VM's leased rate-limit tokens go back now.
+    fn on_done(&mut self) -> bool {
+        if let Some(state) = &self.state {
+            if let Ok(mut state) = state.try_borrow_mut() {
+                state.vm.buckets.end_leases(now_ms(), true);
+            }
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(state) = &self.state {
             on_grpc_response(state, token_id, status_code, response_size, self.context_id);
@@ -79,7 +89,13 @@ impl RootContext for MeshguardRoot {
                 "in Wasm (pure Rust); the host has no verify_signature"
             }
         );
-        let buckets = match HostBuckets::for_config(&config) {
+        if let Some(old) = &self.state {
+            // The old configuration's leases end now: their tokens go back before it goes.
+            if let Ok(mut old) = old.try_borrow_mut() {
+                old.vm.buckets.end_leases(now_ms(), true);
+            }
+        }
+        let buckets = match buckets::for_config(&config) {
             Ok(buckets) => buckets,
             Err(err) => {
                 error!("configuration refused: {err}");
@@ -103,8 +119,9 @@ impl RootContext for MeshguardRoot {
             };
             let VmState { flow, vm } = &mut *st;
             let stale = jwks::sync_all(vm, now);
+            vm.buckets.end_leases(now, false);
             let effects = flow.tick(vm, now, &stale);
-            vm.buckets.recheck_seed();
+            buckets::recheck_seed(&mut vm.buckets, now);
             vm.metrics.flush();
             effects
         };

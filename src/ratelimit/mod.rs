@@ -1,16 +1,20 @@
 //! Traffic shaping: a rule's rate-limit policies, applied after auth. Pure: buckets are reached
-//! through `BucketStore`, which the host implements with proxy-wasm shared data (exact across
-//! workers) and tests implement in memory.
+//! through `BucketStore`, which `store::Buckets` implements over slot values shared by every
+//! worker (proxy-wasm shared data in the host, exact across workers; memory in tests), with
+//! each worker's leased batches in front (`lease`).
 
 pub mod bucket;
 pub mod headers;
 pub mod key;
+pub mod lease;
 pub mod rls;
 pub mod slots;
+pub mod store;
 
 use bucket::{Take, TakeMode};
 use key::{build_key, KeyFacts};
-use slots::{PaidBy, SlotSeed};
+use slots::PaidBy;
+pub use store::{Buckets, MemoryBuckets, MemorySlots, SharedSlots, Written};
 
 use crate::config::{Config, Limit, LimitMode, RateLimitPolicy, TokenBucket};
 
@@ -280,62 +284,6 @@ pub fn release(config: &Config, outcomes: &[PolicyOutcome], store: &mut dyn Buck
         .filter(|o| matches!(o.take, Take::Delayed { .. }))
     {
         refund(config, outcome, store);
-    }
-}
-
-/// Buckets in one process's memory: for tests and the native tools.
-#[derive(Debug)]
-pub struct MemoryBuckets {
-    seed: SlotSeed,
-    slots: std::collections::HashMap<String, Vec<u8>>,
-}
-
-impl Default for MemoryBuckets {
-    /// A fixed seed: no client reaches these buckets, and runs place keys alike.
-    fn default() -> MemoryBuckets {
-        MemoryBuckets {
-            seed: SlotSeed::new([0; slots::SEED_BYTES]),
-            slots: std::collections::HashMap::new(),
-        }
-    }
-}
-
-impl BucketStore for MemoryBuckets {
-    fn take(
-        &mut self,
-        policy: &RateLimitPolicy,
-        bucket: &TokenBucket,
-        key: &str,
-        now_ms: u64,
-        mode: TakeMode,
-    ) -> (Take, PaidBy) {
-        let address = slots::locate(&self.seed, &policy.name, key);
-        let current = self
-            .slots
-            .get(&address.slot_name)
-            .cloned()
-            .unwrap_or_default();
-        let (value, take, paid_by) =
-            slots::take_in_slot(&current, &address.key, bucket, now_ms, mode);
-        self.slots.insert(address.slot_name, value);
-        (take, paid_by)
-    }
-
-    fn refund(
-        &mut self,
-        policy: &RateLimitPolicy,
-        bucket: &TokenBucket,
-        key: &str,
-        paid_by: PaidBy,
-    ) {
-        let address = slots::locate(&self.seed, &policy.name, key);
-        if let Some(value) = self
-            .slots
-            .get(&address.slot_name)
-            .and_then(|current| slots::refund_in_slot(current, &address.key, paid_by, bucket))
-        {
-            self.slots.insert(address.slot_name, value);
-        }
     }
 }
 

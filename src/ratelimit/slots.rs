@@ -22,18 +22,29 @@
 //! (which, with a secret seed, an attacker reaches only by keeping that many keys busy), new keys
 //! in a saturated slot share its overflow bucket: they are limited together, never refilled.
 //!
+//! Leased batches (`super::lease`) change none of this: a batch leaves a key's own bucket (never
+//! the overflow) in one update, and what comes back of it comes back to that bucket only while
+//! no fill has come since; a bucket with tokens out on lease is not full, so it is not forgotten
+//! while they are out. Nothing about leases is stored in the slot: its format is unchanged.
+//!
+//! A take usually changes the key's record in place in the value read (`key_in_place`); a value
+//! in any other form (the key has no bucket yet, the overflow is full again, bytes that
+//! `Slot::encode` would not write) is decoded, changed and encoded again, with the same result.
+//!
 //! A slot's value is a list of records: `len: u16`, then `len` bytes of key, then
 //! `tokens: i64`, `last_fill_ms: u64`, `touched_ms: u64` (little-endian). The overflow's record
 //! has no key and `len` = `OVERFLOW_MARKER`, a length no stored key has; it comes last, so a
 //! filter that predates it (an older version still draining during an upgrade) reads every
 //! key's bucket and stops there.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher24;
 
 use super::bucket::{BucketState, Take, TakeMode};
+use super::lease::{BatchPlan, GiveBack, Grant, LeaseId};
 use crate::config::TokenBucket;
 
 pub const SLOTS_PER_POLICY: u64 = 4096;
@@ -88,34 +99,41 @@ impl fmt::Debug for SlotSeed {
     }
 }
 
-/// A key as its slot stores it: at most `MAX_KEY_BYTES` long.
+/// A key as its slot stores it: at most `MAX_KEY_BYTES` long. Borrows the request's key when it
+/// is short enough to be stored as it is (most are: no allocation on the hot path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredKey(String);
+pub struct StoredKey<'a>(Cow<'a, str>);
 
-impl StoredKey {
+impl<'a> StoredKey<'a> {
     /// A long key keeps its head and a keyed hash of the whole: keyed, so nobody can craft a
     /// different long key that lands in someone else's bucket.
-    fn new(seed: &SlotSeed, key: &str) -> StoredKey {
+    fn new(seed: &SlotSeed, key: &'a str) -> StoredKey<'a> {
         if key.len() <= MAX_KEY_BYTES {
-            return StoredKey(key.to_owned());
+            return StoredKey(Cow::Borrowed(key));
         }
         let mut cut = MAX_KEY_BYTES - CUT_KEY_SUFFIX_BYTES;
         while !key.is_char_boundary(cut) {
             cut -= 1;
         }
-        StoredKey(format!(
+        StoredKey(Cow::Owned(format!(
             "{}#{:016x}",
             key.get(..cut).unwrap_or(""),
             seed.hash(&[key.as_bytes()])
-        ))
+        )))
     }
 
     /// A key read from a slot; `None` if no `StoredKey::new` could have made it.
-    fn read(bytes: &[u8]) -> Option<StoredKey> {
+    fn read(bytes: &[u8]) -> Option<StoredKey<'static>> {
         if bytes.len() > MAX_KEY_BYTES {
             return None;
         }
-        String::from_utf8(bytes.to_vec()).ok().map(StoredKey)
+        String::from_utf8(bytes.to_vec())
+            .ok()
+            .map(|key| StoredKey(Cow::Owned(key)))
+    }
+
+    fn to_owned_key(&self) -> StoredKey<'static> {
+        StoredKey(Cow::Owned(self.0.clone().into_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -123,23 +141,39 @@ impl StoredKey {
     }
 }
 
-/// Where a key's bucket lives: its slot's shared-data name and the key as the slot stores it.
+/// Where a key's bucket lives: its slot (see `SlotName`) and the key as the slot stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketAddress {
-    pub slot_name: String,
-    pub key: StoredKey,
+pub struct BucketAddress<'a> {
+    pub slot: u64,
+    pub key: StoredKey<'a>,
 }
 
-pub fn locate(seed: &SlotSeed, policy: &str, key: &str) -> BucketAddress {
-    let slot = seed.hash(&[policy.as_bytes(), key.as_bytes()]) % SLOTS_PER_POLICY;
+pub fn locate<'a>(seed: &SlotSeed, policy: &str, key: &'a str) -> BucketAddress<'a> {
     BucketAddress {
-        slot_name: slot_name(policy, slot),
+        slot: seed.hash(&[policy.as_bytes(), key.as_bytes()]) % SLOTS_PER_POLICY,
         key: StoredKey::new(seed, key),
     }
 }
 
+/// A slot's shared-data name, `meshguard.rl.<policy>.<slot>`, written into a buffer kept for
+/// the purpose: no allocation per request once it has grown to the longest name.
+#[derive(Debug, Default)]
+pub struct SlotName(String);
+
+impl SlotName {
+    pub fn of(&mut self, policy: &str, slot: u64) -> &str {
+        use std::fmt::Write;
+        self.0.clear();
+        self.0.push_str("meshguard.rl.");
+        self.0.push_str(policy);
+        // Writing to a String cannot fail.
+        let _ = write!(self.0, ".{slot}");
+        &self.0
+    }
+}
+
 fn slot_name(policy: &str, slot: u64) -> String {
-    format!("meshguard.rl.{policy}.{slot}")
+    SlotName::default().of(policy, slot).to_owned()
 }
 
 /// All slot names of a policy (created empty up front so every update can be a CAS).
@@ -152,11 +186,13 @@ pub fn all_slot_names(policy: &str) -> impl Iterator<Item = String> + '_ {
 pub enum PaidBy {
     KeyBucket,
     SlotOverflow,
+    /// This VM's lease of the key's bucket (`lease::LeaseTable`), not shared data.
+    Lease(LeaseId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    key: StoredKey,
+    key: StoredKey<'static>,
     state: BucketState,
     touched_ms: u64,
 }
@@ -199,7 +235,7 @@ impl<'a> Reader<'a> {
 /// One bucket as written in a slot value.
 struct Record {
     /// `None` for the overflow.
-    key: Option<StoredKey>,
+    key: Option<StoredKey<'static>>,
     state: BucketState,
     touched_ms: u64,
 }
@@ -267,20 +303,27 @@ impl Slot {
         slot
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
         let keyed_bytes: usize = self
             .keyed
             .iter()
             .map(|e| e.key.0.len() + RECORD_FIXED_BYTES)
             .sum();
-        let mut out = Vec::with_capacity(keyed_bytes + RECORD_FIXED_BYTES);
+        out.reserve(keyed_bytes + RECORD_FIXED_BYTES);
         for entry in &self.keyed {
-            write_record(&mut out, Some(&entry.key), entry.state, entry.touched_ms);
+            write_record(out, Some(&entry.key), entry.state, entry.touched_ms);
         }
         if let Some(overflow) = self.overflow {
             // The overflow's last use is not needed (it is forgotten by fullness alone).
-            write_record(&mut out, None, overflow, 0);
+            write_record(out, None, overflow, 0);
         }
+    }
+
+    #[cfg(test)]
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
     }
 
@@ -302,7 +345,7 @@ impl Slot {
     /// unused longest); returns its index, or `None` when every bucket is in use.
     fn admit(&mut self, key: &StoredKey, bucket: &TokenBucket, now_ms: u64) -> Option<usize> {
         let entry = Entry {
-            key: key.clone(),
+            key: key.to_owned_key(),
             state: self.newcomer_state(bucket, now_ms),
             touched_ms: now_ms,
         };
@@ -348,36 +391,258 @@ impl Slot {
     }
 }
 
-/// Takes a token for `key` from the slot's current value; returns the new value to write.
+/// Where a key's own bucket sits in a slot value that reads back exactly as `Slot::encode`
+/// would write it (so changing its fixed fields in place is the same as decode, change, encode):
+/// the offset of its `tokens` field. `None` when the key has no bucket of its own there, the
+/// value is not in that form, or the slot's overflow is full again (the slow path drops it).
+fn key_in_place(value: &[u8], key: &StoredKey, bucket: &TokenBucket, now_ms: u64) -> Option<usize> {
+    let mut reader = Reader(value);
+    let mut keyed = 0;
+    let mut found = None;
+    let mut overflow_seen = false;
+    while !reader.0.is_empty() {
+        if overflow_seen {
+            return None; // the overflow comes last
+        }
+        let len = reader.u16()?;
+        let key_bytes = match len {
+            OVERFLOW_MARKER => None,
+            len => Some(reader.bytes(usize::from(len))?),
+        };
+        let offset = value.len() - reader.0.len();
+        let state = BucketState {
+            tokens: reader.i64()?,
+            last_fill_ms: reader.u64()?,
+        };
+        let touched_ms = reader.u64()?;
+        match key_bytes {
+            None => {
+                if touched_ms != 0 || state.is_idle(bucket, now_ms) {
+                    return None;
+                }
+                overflow_seen = true;
+            }
+            Some(bytes) => {
+                keyed += 1;
+                if keyed > KEYS_PER_SLOT
+                    || bytes.len() > MAX_KEY_BYTES
+                    || std::str::from_utf8(bytes).is_err()
+                {
+                    return None;
+                }
+                if bytes == key.0.as_bytes() {
+                    if found.is_some() {
+                        return None; // repeated: decode would drop it
+                    }
+                    found = Some(offset);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Reads the bucket whose `tokens` field is at `offset`.
+fn state_at(value: &[u8], offset: usize) -> Option<BucketState> {
+    let mut reader = Reader(value.get(offset..)?);
+    Some(BucketState {
+        tokens: reader.i64()?,
+        last_fill_ms: reader.u64()?,
+    })
+}
+
+/// Writes a bucket over the fixed fields at `offset`, and its last use if `touched_ms` says.
+fn write_state_at(value: &mut [u8], offset: usize, state: BucketState, touched_ms: Option<u64>) {
+    let fields = [
+        Some(state.tokens.to_le_bytes()),
+        Some(state.last_fill_ms.to_le_bytes()),
+        touched_ms.map(u64::to_le_bytes),
+    ];
+    for (index, field) in fields.into_iter().enumerate() {
+        let start = offset.saturating_add(index * 8);
+        if let (Some(field), Some(place)) = (field, value.get_mut(start..start.saturating_add(8))) {
+            place.copy_from_slice(&field);
+        }
+    }
+}
+
+/// What a take asks of a key's shared bucket besides its one token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TakeExtras<'p> {
+    /// An ended lease's unused tokens, given back first.
+    pub give_back: Option<GiveBack>,
+    /// Take a batch for a lease instead of one token, if the bucket allows it.
+    pub batch: Option<&'p BatchPlan>,
+}
+
+/// What a take in a slot came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotTake {
+    pub take: Take,
+    pub paid_by: PaidBy,
+    /// A batch taken for a lease (the take's own token is one of it).
+    pub grant: Option<Grant>,
+}
+
+/// One take from a key's own bucket: the ended lease's tokens back, then a batch if the plan
+/// allows one, else one token.
+fn take_from(
+    state: BucketState,
+    bucket: &TokenBucket,
+    now_ms: u64,
+    mode: TakeMode,
+    extras: TakeExtras<'_>,
+) -> (BucketState, Take, Option<Grant>) {
+    let mut state = state.refilled(bucket, now_ms);
+    if let Some(give_back) = extras.give_back {
+        state = give_back.apply(state, bucket);
+    }
+    if let Some((after, grant)) = extras
+        .batch
+        .and_then(|plan| plan.take(state, bucket, now_ms))
+    {
+        let take = Take::Allowed {
+            remaining: grant
+                .shared_remaining
+                .saturating_add(grant.tokens.saturating_sub(1)),
+            reset_ms: grant
+                .fill_stamp_ms
+                .saturating_add(
+                    u64::try_from(bucket.fill_interval.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                )
+                .saturating_sub(now_ms),
+        };
+        return (after, take, Some(grant));
+    }
+    let (after, take) = state.take(bucket, now_ms, mode);
+    (after, take, None)
+}
+
+/// Takes a token (or a batch, see `TakeExtras`) for `key` from the slot's current value, which
+/// becomes the value to write back: changed in place when the key has a bucket of its own there
+/// (the usual case), re-encoded otherwise.
 pub fn take_in_slot(
-    current: &[u8],
+    value: &mut Vec<u8>,
     key: &StoredKey,
     bucket: &TokenBucket,
     now_ms: u64,
     mode: TakeMode,
-) -> (Vec<u8>, Take, PaidBy) {
-    let mut slot = Slot::decode(current);
-    let (state, paid_by) = slot.payer(key, bucket, now_ms);
-    let (after, take) = state.take(bucket, now_ms, mode);
-    *state = after;
-    (slot.encode(), take, paid_by)
+    extras: TakeExtras<'_>,
+) -> SlotTake {
+    if let Some(offset) = key_in_place(value, key, bucket, now_ms) {
+        if let Some(state) = state_at(value, offset) {
+            let (after, take, grant) = take_from(state, bucket, now_ms, mode, extras);
+            write_state_at(value, offset, after, Some(now_ms));
+            return SlotTake {
+                take,
+                paid_by: PaidBy::KeyBucket,
+                grant,
+            };
+        }
+    }
+    take_decoded(value, key, bucket, now_ms, mode, extras)
 }
 
-/// Returns a token to the bucket that paid; `None` when that bucket is gone (it was full again,
-/// so there is nothing to give back).
+/// `take_in_slot` the long way: decode the slot, take, encode.
+fn take_decoded(
+    value: &mut Vec<u8>,
+    key: &StoredKey,
+    bucket: &TokenBucket,
+    now_ms: u64,
+    mode: TakeMode,
+    extras: TakeExtras<'_>,
+) -> SlotTake {
+    let mut slot = Slot::decode(value);
+    let (state, paid_by) = slot.payer(key, bucket, now_ms);
+    let extras = match paid_by {
+        PaidBy::KeyBucket => extras,
+        // Leases come from a key's own bucket only; an ended lease of a bucket that is gone
+        // was given back by its fill.
+        _ => TakeExtras::default(),
+    };
+    let (after, take, grant) = take_from(*state, bucket, now_ms, mode, extras);
+    *state = after;
+    slot.encode_into(value);
+    SlotTake {
+        take,
+        paid_by,
+        grant,
+    }
+}
+
+/// Gives an ended lease's tokens back to `key`'s bucket; `false` when there is nothing to write
+/// (the bucket is gone, or a fill came since the lease was granted).
+pub fn give_back_in_slot(
+    value: &mut Vec<u8>,
+    key: &StoredKey,
+    bucket: &TokenBucket,
+    now_ms: u64,
+    give_back: GiveBack,
+) -> bool {
+    let back = |state: BucketState| {
+        let refilled = state.refilled(bucket, now_ms);
+        let after = give_back.apply(refilled, bucket);
+        (after != refilled).then_some(after)
+    };
+    if let Some(offset) = key_in_place(value, key, bucket, now_ms) {
+        let Some(after) = state_at(value, offset).and_then(back) else {
+            return false;
+        };
+        write_state_at(value, offset, after, None);
+        return true;
+    }
+    let mut slot = Slot::decode(value);
+    let Some(entry) = slot.keyed.iter_mut().find(|e| e.key == *key) else {
+        return false;
+    };
+    let Some(after) = back(entry.state) else {
+        return false;
+    };
+    entry.state = after;
+    slot.encode_into(value);
+    true
+}
+
+/// Returns a token to the bucket that paid; `false` when that bucket is gone (it was full again,
+/// so there is nothing to give back) or it was a lease.
 pub fn refund_in_slot(
-    current: &[u8],
+    value: &mut Vec<u8>,
     key: &StoredKey,
     paid_by: PaidBy,
     bucket: &TokenBucket,
-) -> Option<Vec<u8>> {
-    let mut slot = Slot::decode(current);
+) -> bool {
+    let mut slot = Slot::decode(value);
     let state = match paid_by {
-        PaidBy::KeyBucket => &mut slot.keyed.iter_mut().find(|e| e.key == *key)?.state,
-        PaidBy::SlotOverflow => slot.overflow.as_mut()?,
+        PaidBy::KeyBucket => match slot.keyed.iter_mut().find(|e| e.key == *key) {
+            Some(entry) => &mut entry.state,
+            None => return false,
+        },
+        PaidBy::SlotOverflow => match slot.overflow.as_mut() {
+            Some(state) => state,
+            None => return false,
+        },
+        PaidBy::Lease(_) => return false,
     };
     *state = state.refund(bucket);
-    Some(slot.encode())
+    slot.encode_into(value);
+    true
+}
+
+/// The bucket of `key` in a slot value as of `now_ms` (for the property tests).
+#[cfg(test)]
+pub fn peek(
+    value: &[u8],
+    key: &StoredKey,
+    bucket: &TokenBucket,
+    now_ms: u64,
+) -> Option<BucketState> {
+    Slot::decode(value)
+        .keyed
+        .into_iter()
+        .find(|e| e.key == *key)
+        .map(|e| e.state.refilled(bucket, now_ms))
 }
 
 #[cfg(test)]
@@ -396,12 +661,26 @@ mod tests {
         }
     }
 
-    fn key(text: &str) -> StoredKey {
+    fn key(text: &str) -> StoredKey<'_> {
         StoredKey::new(&SEED, text)
     }
 
     fn take(value: &[u8], k: &str, b: &TokenBucket, now_ms: u64) -> (Vec<u8>, Take, PaidBy) {
-        take_in_slot(value, &key(k), b, now_ms, TakeMode::Reject)
+        let mut value = value.to_vec();
+        let taken = take_in_slot(
+            &mut value,
+            &key(k),
+            b,
+            now_ms,
+            TakeMode::Reject,
+            TakeExtras::default(),
+        );
+        (value, taken.take, taken.paid_by)
+    }
+
+    fn refund(value: &[u8], k: &str, paid_by: PaidBy, b: &TokenBucket) -> Option<Vec<u8>> {
+        let mut value = value.to_vec();
+        refund_in_slot(&mut value, &key(k), paid_by, b).then_some(value)
     }
 
     /// A slot holding `KEYS_PER_SLOT` keys `k0..k7`, each drained at `now_ms`.
@@ -496,7 +775,7 @@ mod tests {
         let keys: Vec<String> = Slot::decode(&value)
             .keyed
             .into_iter()
-            .map(|e| e.key.0)
+            .map(|e| e.key.0.into_owned())
             .collect();
         assert!(!keys.contains(&"k0".to_string()), "the full bucket went");
         assert!(keys.contains(&"newcomer".to_string()));
@@ -578,7 +857,7 @@ mod tests {
         assert_eq!(
             slot.keyed,
             vec![Entry {
-                key: StoredKey("bob".to_string()),
+                key: StoredKey(Cow::Borrowed("bob")),
                 state: BucketState {
                     tokens: 0,
                     last_fill_ms: 100
@@ -593,7 +872,7 @@ mod tests {
     fn refunds_go_back_to_the_bucket_that_paid() {
         let b = bucket();
         let (value, _, paid_by) = take(&[], "k", &b, 0);
-        let refunded = refund_in_slot(&value, &key("k"), paid_by, &b).unwrap();
+        let refunded = refund(&value, "k", paid_by, &b).unwrap();
         let (_, again, _) = take(&refunded, "k", &b, 0);
         assert_eq!(
             again,
@@ -602,13 +881,13 @@ mod tests {
                 reset_ms: 1_000
             }
         );
-        assert!(refund_in_slot(&value, &key("other"), PaidBy::KeyBucket, &b).is_none());
-        assert!(refund_in_slot(&value, &key("k"), PaidBy::SlotOverflow, &b).is_none());
+        assert!(refund(&value, "other", PaidBy::KeyBucket, &b).is_none());
+        assert!(refund(&value, "k", PaidBy::SlotOverflow, &b).is_none());
 
         let full = slot_of_drained_keys(&b, 0);
         let (value, _, paid_by) = take(&full, "newcomer", &b, 0);
         assert_eq!(paid_by, PaidBy::SlotOverflow);
-        let refunded = refund_in_slot(&value, &key("newcomer"), paid_by, &b).unwrap();
+        let refunded = refund(&value, "newcomer", paid_by, &b).unwrap();
         let (_, other, _) = take(&refunded, "other", &b, 0);
         assert!(
             matches!(other, Take::Allowed { remaining: 1, .. }),
@@ -623,7 +902,7 @@ mod tests {
         let moved = (0..100)
             .filter(|i| {
                 let key = format!("user-{i}");
-                locate(&SEED, "p", &key).slot_name != locate(&other, "p", &key).slot_name
+                locate(&SEED, "p", &key).slot != locate(&other, "p", &key).slot
             })
             .count();
         assert!(moved > 95, "{moved} of 100 keys changed slot with the seed");
@@ -631,8 +910,8 @@ mod tests {
 
     #[test]
     fn slot_names_spread() {
-        let distinct: std::collections::HashSet<String> = (0..1000)
-            .map(|i| locate(&SEED, "p", &i.to_string()).slot_name)
+        let distinct: std::collections::HashSet<u64> = (0..1000)
+            .map(|i| locate(&SEED, "p", &i.to_string()).slot)
             .collect();
         assert!(
             distinct.len() > 850,
@@ -640,17 +919,20 @@ mod tests {
             distinct.len()
         );
         assert_eq!(all_slot_names("p").count() as u64, SLOTS_PER_POLICY);
-        assert!(all_slot_names("p").any(|name| name == locate(&SEED, "p", "x").slot_name));
+        assert!(
+            all_slot_names("p").any(|name| name == slot_name("p", locate(&SEED, "p", "x").slot))
+        );
     }
 
     #[test]
     fn long_keys_are_bounded_and_still_distinct() {
-        let a = key(&"a".repeat(10_000));
-        let b = key(&format!("{}b", "a".repeat(9_999)));
+        let (long_a, long_b) = ("a".repeat(10_000), format!("{}b", "a".repeat(9_999)));
+        let a = key(&long_a);
+        let b = key(&long_b);
         assert!(a.0.len() <= MAX_KEY_BYTES && b.0.len() <= MAX_KEY_BYTES);
         assert_ne!(a, b);
         assert_eq!(key("short").as_str(), "short");
-        let other_seed = StoredKey::new(&SlotSeed::new([8; SEED_BYTES]), &"a".repeat(10_000));
+        let other_seed = StoredKey::new(&SlotSeed::new([8; SEED_BYTES]), &long_a);
         assert_ne!(a, other_seed, "the cut key's hash is keyed");
     }
 
@@ -700,6 +982,38 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_take_in_place_writes_what_decode_take_encode_writes(
+            (b, steps) in takes(),
+            leases in prop::collection::vec(any::<bool>(), 300),
+            junk in prop::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let plan = BatchPlan { size: 2, keep: 0, lifetime_ms: 10 };
+            let mut value = Vec::new();
+            let mut now_ms = 1_000;
+            for (&(k, step), &lease) in steps.iter().zip(leases.iter().cycle()) {
+                now_ms += step;
+                let text = format!("key-{k}");
+                let extras = TakeExtras {
+                    give_back: lease.then_some(GiveBack { tokens: 1, fill_stamp_ms: 1_000 }),
+                    batch: lease.then_some(&plan),
+                };
+                let mut slow = value.clone();
+                let expected = take_decoded(&mut slow, &key(&text), &b, now_ms, TakeMode::Reject, extras);
+                let answer = take_in_slot(&mut value, &key(&text), &b, now_ms, TakeMode::Reject, extras);
+                prop_assert_eq!(answer, expected);
+                prop_assert_eq!(&value, &slow);
+            }
+            // A value with bytes after its records is not changed in place.
+            let mut tail = value.clone();
+            tail.extend_from_slice(&junk);
+            let mut slow = tail.clone();
+            let expected = take_decoded(&mut slow, &key("key-0"), &b, now_ms, TakeMode::Reject, TakeExtras::default());
+            let answer = take_in_slot(&mut tail, &key("key-0"), &b, now_ms, TakeMode::Reject, TakeExtras::default());
+            prop_assert_eq!(answer, expected);
+            prop_assert_eq!(tail, slow);
+        }
+
         #[test]
         fn a_refused_key_gets_no_token_before_its_retry_time((b, steps) in takes()) {
             let mut refused_until = [0u64; KEYS_IN_PLAY];
