@@ -297,13 +297,16 @@ fn leasing_bucket() -> impl Strategy<Value = TokenBucket> {
     (32u64..=120, 1u64..=60, 40u64..=400).prop_map(|(max, per_fill, ms)| bucket(max, per_fill, ms))
 }
 
-/// Runs `ops` on `workers` workers over one set of slots; returns, per key, every take that
-/// counts (not refunded) with its time and whether it was let through.
+/// Takes of one key that count (not refunded): when, and whether let through.
+type Takes = Vec<(u64, bool)>;
+
+/// Runs `ops` on `workers` workers over one set of slots; returns, per key, when a refunded take
+/// came before any that counts (it made the bucket then), and every take that counts.
 fn run(
     b: &TokenBucket,
     workers: usize,
     ops: &[Op],
-) -> Result<Vec<Vec<(u64, bool)>>, TestCaseError> {
+) -> Result<Vec<(Option<u64>, Takes)>, TestCaseError> {
     let p = policy(b, LimitMode::Reject, false);
     let first = MemoryBuckets::default();
     let mut all: Vec<MemoryBuckets> = (1..workers).map(|_| first.worker()).collect();
@@ -311,6 +314,7 @@ fn run(
     let size = BatchPlan::for_bucket(b).map_or(0, |plan| plan.size);
     let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
     let mut takes = vec![Vec::new(); KEYS];
+    let mut created: Vec<Option<u64>> = vec![None; KEYS];
     let mut now = START_MS;
     for op in ops {
         match *op {
@@ -322,6 +326,11 @@ fn run(
                 if matches!(op, Op::TakeRefunded { .. }) {
                     if allowed(take) {
                         buckets.refund(&p, b, name, paid_by);
+                    }
+                    // It counts for nothing, but it may be what made the key's bucket: the
+                    // bucket's refill clock starts then, and so must the exact one's.
+                    if takes[key].is_empty() {
+                        created[key].get_or_insert(now);
                     }
                 } else {
                     takes[key].push((now, allowed(take)));
@@ -370,7 +379,7 @@ fn run(
             );
         }
     }
-    Ok(takes)
+    Ok(created.into_iter().zip(takes).collect())
 }
 
 proptest! {
@@ -381,10 +390,12 @@ proptest! {
         b in leasing_bucket(),
         (workers, ops) in (2usize..=3).prop_flat_map(|w| (Just(w), ops(w))),
     ) {
-        for takes in run(&b, workers, &ops)? {
-            let Some(&(start, _)) = takes.first() else {
+        for (created, takes) in run(&b, workers, &ops)? {
+            let Some(&(first, _)) = takes.first() else {
                 continue;
             };
+            // The exact bucket starts full when the key's bucket was made, refill clock and all.
+            let start = created.unwrap_or(first);
             // What was let through, taken one by one from a single exact bucket: all of it fits.
             let mut exact = BucketState::full(&b, start);
             // The same requests, each offered to a single exact bucket: never fewer by any time.
