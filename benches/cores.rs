@@ -244,7 +244,7 @@ fn authz_config_json() -> String {
     .to_string()
 }
 
-fn authz_request() -> Request {
+fn authz_request() -> Request<'static> {
     let mut request = Request::new(
         "GET",
         "/api/orders/42?expand=items",

@@ -1,18 +1,21 @@
 //! The facts about one request that the cores decide on, gathered by the host adapter.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::authz::peer::PeerIdentity;
 
 /// Header names are lower-case (Envoy delivers them so); `headers` holds only those the
-/// configuration reads (`config::RequestReads`).
+/// configuration reads (`config::RequestReads`). Text is borrowed where it can be (from the
+/// header map Envoy handed over, names from the configuration), so gathering a request copies
+/// no value; `into_owned` makes a request that outlives them (one that waits for keys).
 #[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
+pub struct Request<'a> {
+    pub method: Cow<'a, str>,
     /// `:path` as received, query included.
-    pub path: String,
-    pub authority: String,
-    pub headers: Vec<(String, String)>,
+    pub path: Cow<'a, str>,
+    pub authority: Cow<'a, str>,
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
     pub client_ip: Option<String>,
     /// The client address Envoy derived (from `X-Forwarded-For` under its trusted hops), when a
@@ -33,21 +36,33 @@ pub struct Request {
 /// A value Envoy holds as bytes, as text: bytes that are not UTF-8 become U+FFFD, so such a
 /// token is malformed and such a header equals no configured value. A rate-limit key built
 /// from it shares its bucket with other such values: never a fresh one.
-pub fn text_of(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Borrowed when the bytes are UTF-8 (the usual case), owned only when a byte was replaced.
+pub fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
-impl Request {
+/// `text_of` for bytes that may be owned already: owned bytes become owned text in place.
+pub fn text_of_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match bytes {
+        Cow::Borrowed(bytes) => text_of(bytes),
+        Cow::Owned(bytes) => Cow::Owned(match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+        }),
+    }
+}
+
+impl<'a> Request<'a> {
     pub fn new(
-        method: &str,
-        path: &str,
-        authority: &str,
-        headers: Vec<(String, String)>,
-    ) -> Request {
+        method: impl Into<Cow<'a, str>>,
+        path: impl Into<Cow<'a, str>>,
+        authority: impl Into<Cow<'a, str>>,
+        headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    ) -> Request<'a> {
         Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            authority: authority.to_owned(),
+            method: method.into(),
+            path: path.into(),
+            authority: authority.into(),
             headers,
             client_ip: None,
             remote_ip: None,
@@ -58,21 +73,41 @@ impl Request {
         }
     }
 
+    /// A request that owns all its text, to keep beyond what it borrowed.
+    pub fn into_owned(self) -> Request<'static> {
+        Request {
+            method: Cow::Owned(self.method.into_owned()),
+            path: Cow::Owned(self.path.into_owned()),
+            authority: Cow::Owned(self.authority.into_owned()),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(n, v)| (Cow::Owned(n.into_owned()), Cow::Owned(v.into_owned())))
+                .collect(),
+            client_ip: self.client_ip,
+            remote_ip: self.remote_ip,
+            direct_ip: self.direct_ip,
+            port: self.port,
+            peer: self.peer,
+            underscore_twins: self.underscore_twins,
+        }
+    }
+
     /// A GET request with these headers, for tests.
     #[cfg(test)]
-    pub fn get(path: &str, headers: &[(&str, &str)]) -> Request {
+    pub fn get(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
         let headers = headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (Cow::Owned(n.to_string()), Cow::Owned(v.to_string())))
             .collect();
-        Request::new("GET", path, "svc", headers)
+        Request::new("GET", path.to_owned(), "svc", headers)
     }
 
     /// The path without its query: what rules match on.
     pub fn path_only(&self) -> &str {
         self.path
             .split_once('?')
-            .map_or(self.path.as_str(), |(path, _)| path)
+            .map_or(self.path.as_ref(), |(path, _)| path)
     }
 
     pub fn query(&self) -> Option<&str> {
@@ -82,11 +117,11 @@ impl Request {
     pub fn header_values<'r, 'n>(
         &'r self,
         name: &'n str,
-    ) -> impl Iterator<Item = &'r str> + use<'r, 'n> {
+    ) -> impl Iterator<Item = &'r str> + use<'r, 'n, 'a> {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// A header's values joined by `,` in the order sent, as Envoy's route matching and

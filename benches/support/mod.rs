@@ -31,12 +31,12 @@ pub fn config_json() -> String {
     .to_string()
 }
 
-pub fn request(token: &str) -> Request {
+pub fn request(token: &str) -> Request<'static> {
     Request::new(
         "GET",
         "/api/orders?page=2",
         "api.example.com",
-        vec![("authorization".into(), format!("Bearer {token}"))],
+        vec![("authorization".into(), format!("Bearer {token}").into())],
     )
 }
 

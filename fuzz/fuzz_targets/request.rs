@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = Vec::new();
     for name in ["cookie", "authorization", "x-api-key"] {
         if let Some(value) = fields.next() {
-            headers.push((name.to_owned(), value));
+            headers.push((name.into(), value.into()));
         }
     }
     let request = Request::new("GET", &path, "api.test", headers);

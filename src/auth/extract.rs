@@ -199,7 +199,7 @@ mod tests {
         }
     }
 
-    fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
         Request::get(path, headers)
     }
 

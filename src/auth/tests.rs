@@ -59,7 +59,7 @@ fn default_rules() -> serde_json::Value {
     ])
 }
 
-fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+fn request(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
     Request::get(path, headers)
 }
 

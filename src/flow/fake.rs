@@ -109,7 +109,7 @@ impl FakeVm {
     }
 
     /// A request for stream `stream` that will be decided as `plan`.
-    pub fn request(&mut self, stream: u32, plan: Plan) -> Request {
+    pub fn request(&mut self, stream: u32, plan: Plan) -> Request<'static> {
         let path = format!("/{stream}");
         self.plans.insert(path.clone(), plan);
         Request::get(&path, &[])
@@ -252,7 +252,7 @@ impl FakeVm {
 
 impl Vm for FakeVm {
     fn decide(&mut self, request: &Request, now_ms: u64) -> Decision {
-        let plan = self.plans.get(&request.path).cloned();
+        let plan = self.plans.get(request.path.as_ref()).cloned();
         let plan = plan.unwrap_or_else(|| panic!("no plan for {}", request.path));
         self.decide_plan(&request.path, &plan, now_ms)
     }

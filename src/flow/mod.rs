@@ -124,7 +124,10 @@ pub struct Effects {
 #[derive(Debug)]
 enum Stream {
     /// Paused until its providers' keys arrive; decided again on every tick and fetch end.
-    AwaitingKeys { request: Request, deadline_ms: u64 },
+    AwaitingKeys {
+        request: Request<'static>,
+        deadline_ms: u64,
+    },
     /// Paused until the rate-limit service answered every check; what is unanswered at the
     /// deadline counts as failed.
     AwaitingRls {
@@ -264,7 +267,7 @@ impl Flow {
         self.streams.insert(
             id,
             Stream::AwaitingKeys {
-                request,
+                request: request.into_owned(),
                 deadline_ms,
             },
         );

@@ -10,7 +10,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::facts::{finish_exchange, gather_request};
+use super::facts::{finish_exchange, gather_request, Headers};
 use super::jwks;
 use super::state::{now_ms, VmState};
 use crate::accesslog;
@@ -233,7 +233,8 @@ impl HttpContext for MeshguardHttp {
         };
         // One clock read per request: the decision's "now" is the record's start.
         self.start_ms = now_ms();
-        let (request, exchange) = gather_request(&config, self.start_ms);
+        let headers = Headers::for_request(&config);
+        let (request, exchange) = gather_request(&config, &headers, self.start_ms);
         self.exchange = exchange;
         let id = StreamId(self.context_id);
         let effects = match self.state.try_borrow_mut() {

@@ -9,7 +9,7 @@ use crate::config::KeyPart;
 use crate::request::Request;
 
 pub struct KeyFacts<'a> {
-    pub request: &'a Request,
+    pub request: &'a Request<'a>,
     pub rule: &'a str,
     /// Claims of the verified tokens, first provider first.
     pub claims: Vec<&'a Map<String, Value>>,
@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         let mut request = Request::new(
             "GET",
             "/api/x?q=1",
