@@ -21,6 +21,7 @@ use meshguard::auth::testkeys::{self, claims};
 use meshguard::config::{self, Limit};
 use meshguard::flow::{Flow, StreamId};
 use meshguard::headermap;
+use meshguard::names::Names;
 use meshguard::pipeline::{self, Decision};
 use meshguard::ratelimit::bucket::TakeMode;
 use meshguard::ratelimit::key::{build_key, KeyFacts};
@@ -173,14 +174,15 @@ fn short_header_map(token: &str) -> Vec<u8> {
 fn main() {
     let config = config::parse(config_json().as_bytes()).expect("the benchmark's config is valid");
     let keys = KeyStore::new(&config);
+    let names = Names::of(&config);
     let token = testkeys::rs256_token("rsa", claims(json!({}), 10 * 365 * 86_400));
     let request = request(&token);
-    let env = env(&config, &keys);
+    let env = env(&config, &names, &keys);
     let mut cache = TokenCache::default();
     let mut buckets = MemoryBuckets::default();
     let decision = pipeline::decide(&env, &mut cache, &mut buckets, &request);
     assert!(matches!(decision, Decision::Allow(_)));
-    let verdict = pipeline::summarize(&config, &decision).expect("an allowed request is settled");
+    let verdict = pipeline::summarize(&names, &decision).expect("an allowed request is settled");
 
     let mut rows: Vec<(&str, Count)> = Vec::new();
     let map = header_map(&token);
@@ -243,7 +245,7 @@ fn main() {
     ));
     rows.push((
         "c1. pipeline::summarize (the verdict)",
-        count(|| pipeline::summarize(&config, black_box(&decision))),
+        count(|| pipeline::summarize(&names, black_box(&decision))),
     ));
     rows.push((
         "c2. serde_json::to_string(&verdict) (the filter-state export)",
@@ -255,7 +257,7 @@ fn main() {
         count(|| accesslog::render(black_box(&exchange), &verdict)),
     ));
     let mut vm = BenchVm {
-        env: support::env(&config, &keys),
+        env: support::env(&config, &names, &keys),
         cache: TokenCache::default(),
         buckets: MemoryBuckets::default(),
     };

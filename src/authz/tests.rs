@@ -1,6 +1,7 @@
 //! Authorization decided end to end in the core: real HS256 tokens verified by the pipeline,
 //! then deny, audit and allow rules, dry runs, and the replies users see.
 
+use crate::names::Names;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
@@ -102,8 +103,10 @@ impl Call {
 
 fn run(config: &Config, call: &Call) -> Decision {
     let keys = KeyStore::new(config);
+    let names = Names::of(config);
     let env = AuthEnv {
         config,
+        names: &names,
         keys: &keys,
         verifier: &PortableVerifier,
         now_ms: NOW_S * 1000,

@@ -16,7 +16,7 @@ use crate::accesslog::Verdict;
 use crate::auth::error::AuthError;
 use crate::auth::remote::{FetchReason, LEASE_MARGIN_MS};
 use crate::pipeline::{Decision, Mutations, Next, PendingGlobal, Settled};
-use crate::ratelimit::{GlobalAnswer, GlobalCheck, PolicyOutcome};
+use crate::ratelimit::{GlobalAnswer, GlobalCheck, Outcomes, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 
@@ -131,20 +131,27 @@ enum Stream {
     /// Paused until the rate-limit service answered every check; what is unanswered at the
     /// deadline counts as failed.
     AwaitingRls {
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         calls: Vec<RlsCallState>,
         deadline_ms: u64,
     },
     /// Allowed, and held until its delay-mode token is due.
     Delayed {
         due_ms: u64,
-        mutations: Mutations,
-        /// The rate-limit outcomes; the delayed ones are tokens reserved for this request.
-        reservations: Vec<PolicyOutcome>,
+        /// Boxed: few streams are held, and every entry of `streams` is as large as the largest.
+        held: Box<Held>,
         record: Record,
     },
     /// Forwarded or answered; kept for its log record and response.
     Decided(Record),
+}
+
+/// What a delayed stream holds until its turn.
+#[derive(Debug)]
+struct Held {
+    mutations: Mutations,
+    /// The rate-limit outcomes; the delayed ones are tokens reserved for this request.
+    reservations: Outcomes,
 }
 
 /// What a decided stream keeps for the rest of its life.
@@ -421,7 +428,7 @@ impl Flow {
                 self.forget_calls(&calls);
                 vm.release(pending.reservations());
             }
-            Some(Stream::Delayed { reservations, .. }) => vm.release(&reservations),
+            Some(Stream::Delayed { held, .. }) => vm.release(&held.reservations),
             Some(Stream::AwaitingKeys { .. } | Stream::Decided(_)) | None => {}
         }
     }
@@ -472,8 +479,10 @@ impl Flow {
                 let response_headers = std::mem::take(&mut allowed.mutations.response_headers);
                 Stream::Delayed {
                     due_ms,
-                    mutations: allowed.mutations,
-                    reservations: allowed.limits,
+                    held: Box::new(Held {
+                        mutations: allowed.mutations,
+                        reservations: allowed.limits,
+                    }),
                     record: Record {
                         verdict,
                         response_headers,
@@ -495,12 +504,12 @@ impl Flow {
         &mut self,
         vm: &mut dyn Vm,
         id: StreamId,
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         now_ms: u64,
         effects: &mut Effects,
     ) {
         if pending.checks.is_empty() {
-            let settled = vm.decide_with_answers(pending, &[]);
+            let settled = vm.decide_with_answers(*pending, &[]);
             self.settle(vm, id, settled, now_ms, effects);
             return;
         }
@@ -568,7 +577,7 @@ impl Flow {
         &mut self,
         vm: &mut dyn Vm,
         id: StreamId,
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         calls: &[RlsCallState],
         now_ms: u64,
         effects: &mut Effects,
@@ -581,7 +590,7 @@ impl Flow {
                 RlsCallState::Sending | RlsCallState::Sent { .. } => GlobalAnswer::Failed,
             })
             .collect();
-        let settled = vm.decide_with_answers(pending, &answers);
+        let settled = vm.decide_with_answers(*pending, &answers);
         self.settle(vm, id, settled, now_ms, effects);
     }
 
@@ -696,11 +705,10 @@ impl Flow {
             .collect();
         due.sort_unstable();
         for (_, id) in due {
-            if let Some(Stream::Delayed {
-                mutations, record, ..
-            }) = self.streams.remove(&id)
-            {
-                effects.outcomes.push((id, Outcome::Forward(mutations)));
+            if let Some(Stream::Delayed { held, record, .. }) = self.streams.remove(&id) {
+                effects
+                    .outcomes
+                    .push((id, Outcome::Forward(held.mutations)));
                 self.streams.insert(id, Stream::Decided(record));
             }
         }

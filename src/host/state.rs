@@ -16,6 +16,7 @@ use crate::auth::remote::{FetchReason, KeyStore};
 use crate::auth::AuthEnv;
 use crate::config::Config;
 use crate::flow::{FetchEnd, Flow, Lease, Vm};
+use crate::names::Names;
 use crate::pipeline::{self, decide, Decision, PendingGlobal, Settled};
 use crate::ratelimit::{self, GlobalAnswer, PolicyOutcome};
 use crate::request::Request;
@@ -28,6 +29,8 @@ pub struct VmState {
 /// The VM's side of the flow (`crate::flow::Vm`), on proxy-wasm shared data and metrics.
 pub struct HostVm {
     pub config: Rc<Config>,
+    /// The configuration's names, shared by decisions and verdicts.
+    pub names: Names,
     pub keys: KeyStore,
     pub cache: TokenCache,
     pub verifier: HostVerifier,
@@ -49,6 +52,7 @@ impl VmState {
             flow: Flow::new(now_ms),
             vm: HostVm {
                 keys: KeyStore::new(&config),
+                names: Names::of(&config),
                 config: Rc::new(config),
                 cache: TokenCache::default(),
                 verifier,
@@ -63,6 +67,7 @@ impl Vm for HostVm {
     fn decide(&mut self, request: &Request, now_ms: u64) -> Decision {
         let env = AuthEnv {
             config: &self.config,
+            names: &self.names,
             keys: &self.keys,
             verifier: &self.verifier,
             now_ms,
@@ -83,7 +88,7 @@ impl Vm for HostVm {
     }
 
     fn record(&mut self, settled: &Settled) -> Verdict {
-        let verdict = pipeline::verdict(&self.config, settled);
+        let verdict = pipeline::verdict(&self.names, settled);
         let shadow_limited = verdict
             .rate_limits
             .iter()

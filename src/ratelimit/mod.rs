@@ -11,6 +11,7 @@ pub mod slots;
 use bucket::{Take, TakeMode};
 use key::{build_key, KeyFacts};
 use slots::{PaidBy, SlotSeed};
+use smallvec::SmallVec;
 
 use crate::config::{Config, Limit, LimitMode, RateLimitPolicy, TokenBucket};
 
@@ -67,6 +68,9 @@ pub struct PolicyOutcome {
     pub quota: Option<Quota>,
 }
 
+/// What each policy of a rule decided; a rule has one or two, kept inline.
+pub type Outcomes = SmallVec<[PolicyOutcome; 2]>;
+
 /// A question for the rate-limit service, one per `service` policy of the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalCheck {
@@ -88,15 +92,12 @@ pub enum GlobalAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Every policy allowed (shadow refusals included here: they never refuse).
-    Allowed(Vec<PolicyOutcome>),
+    Allowed(Outcomes),
     /// Allowed after `wait_ms`; tokens are reserved (refund them if the request goes away).
-    Delayed {
-        wait_ms: u64,
-        outcomes: Vec<PolicyOutcome>,
-    },
+    Delayed { wait_ms: u64, outcomes: Outcomes },
     /// `refused_by` (an index into the outcomes) said no; tokens taken by the others were refunded.
     Refused {
-        outcomes: Vec<PolicyOutcome>,
+        outcomes: Outcomes,
         refused_by: usize,
     },
     /// A rate-limit service did not answer and its policy has `failure_mode_deny`.
@@ -124,7 +125,7 @@ pub fn apply(
     store: &mut dyn BucketStore,
     now_ms: u64,
 ) -> Verdict {
-    let mut outcomes: Vec<PolicyOutcome> = Vec::with_capacity(policies.len());
+    let mut outcomes = Outcomes::new();
     for &index in policies {
         let Some(policy) = config.rate_limits.get(index) else {
             continue;
