@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::accesslog::Verdict;
 use crate::auth::error::AuthError;
@@ -106,12 +107,16 @@ pub trait Vm {
     fn fetch_timeout_ms(&self, provider: usize) -> u64;
 }
 
+/// Streams to forward or answer now, in order. A new request's own outcome is usually the only
+/// one: kept inline, so a request decided at once allocates nothing for it.
+pub type StreamOutcomes = SmallVec<[(StreamId, Outcome); 1]>;
+
 /// What the adapter is to do after an event. Only a tick dispatches fetches (so the root
 /// context sends them, and their answers outlive any stream).
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
     /// Streams to forward or answer now.
-    pub outcomes: Vec<(StreamId, Outcome)>,
+    pub outcomes: StreamOutcomes,
     /// Rate-limit checks to send; each then reported with `rls_sent` or `rls_unsent`.
     pub rls_checks: Vec<(RlsCall, GlobalCheck)>,
     /// Key fetches to send; each then reported with `fetch_sent` or `fetch_ended`.

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use super::buckets::HostBuckets;
 use super::crypto::HostVerifier;
 use super::jwks;
-use super::metrics::{rule_metric, Metrics};
+use super::metrics::{rule_metric, Counter, Metrics};
 use crate::accesslog::Verdict;
 use crate::auth::cache::TokenCache;
 use crate::auth::remote::{FetchReason, KeyStore};
@@ -75,11 +75,9 @@ impl Vm for HostVm {
         let (hits, misses) = (self.cache.hits, self.cache.misses);
         let decision = decide(&env, &mut self.cache, &mut self.buckets, request);
         self.metrics
-            .add("meshguard_token_cache_hits_total", self.cache.hits - hits);
-        self.metrics.add(
-            "meshguard_token_cache_misses_total",
-            self.cache.misses - misses,
-        );
+            .count(Counter::TokenCacheHits, self.cache.hits - hits);
+        self.metrics
+            .count(Counter::TokenCacheMisses, self.cache.misses - misses);
         decision
     }
 
@@ -98,7 +96,12 @@ impl Vm for HostVm {
         } else {
             verdict.decision
         };
-        self.metrics.count_request(verdict.rule.as_deref(), counted);
+        let rule = match settled {
+            Settled::Allow(allowed) | Settled::Delay { allowed, .. } => allowed.rule,
+            Settled::Deny { rule, .. } => *rule,
+        };
+        let named = rule.zip(verdict.rule.as_deref());
+        self.metrics.count_request(named, counted);
         if let Some(authz) = &verdict.authz {
             if let ("denied", Some(rule)) = (authz.decision, &authz.rule) {
                 self.metrics
