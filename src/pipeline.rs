@@ -209,8 +209,9 @@ pub fn decide(
     match verdict {
         Verdict::Satisfied(providers) => {
             let mut identities = Identities::new();
-            let mut params_to_strip: SmallVec<[&str; 2]> = SmallVec::new();
-            let mut cookies_to_strip: SmallVec<[&str; 2]> = SmallVec::new();
+            // Empty (so not allocated) unless a provider that strips its token found it there.
+            let mut params_to_strip: Vec<&str> = Vec::new();
+            let mut cookies_to_strip: Vec<&str> = Vec::new();
             for index in providers {
                 let (Some(Some(ProviderOutcome::Verified { token, locations })), Some(provider)) =
                     (outcomes.get(index), config.providers.get(index))
@@ -532,7 +533,7 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Set
     }
 }
 
-fn push_unique<'n>(list: &mut SmallVec<[&'n str; 2]>, item: &'n str) {
+fn push_unique<'n>(list: &mut Vec<&'n str>, item: &'n str) {
     if !list.contains(&item) {
         list.push(item);
     }
