@@ -297,7 +297,7 @@ fn main() {
     let mut flow = Flow::new(NOW_MS);
     let mut id = 0;
     rows.push((
-        "e. flow: request decided at once + stream gone (request.clone(), 2 of them, + decide + verdict + effects + entry)",
+        "e. flow: request decided at once + stream gone (request.clone(), 1 of them, + decide + verdict + effects + entry)",
         count(|| {
             id += 1;
             let effects = flow.request(&mut vm, StreamId(id), request.clone(), NOW_MS);

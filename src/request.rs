@@ -15,7 +15,7 @@ pub struct Request<'a> {
     /// `:path` as received, query included.
     pub path: Cow<'a, str>,
     pub authority: Cow<'a, str>,
-    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub headers: HeaderList<'a>,
     /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
     pub client_ip: Option<String>,
     /// The client address Envoy derived (from `X-Forwarded-For` under its trusted hops), when a
@@ -31,6 +31,67 @@ pub struct Request<'a> {
     /// (`x_user` for `x-user`): removed like the header itself, since CGI, WSGI and many
     /// frameworks read both names as one.
     pub underscore_twins: Vec<String>,
+}
+
+/// A header's name and value.
+pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The headers of a request that the configuration reads, in the order sent. The first is kept
+/// inline: it is usually the only one (the token's header), so a request allocates no list.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderList<'a> {
+    first: Option<Header<'a>>,
+    rest: Vec<Header<'a>>,
+}
+
+impl<'a> HeaderList<'a> {
+    pub fn push(&mut self, header: Header<'a>) {
+        match self.first {
+            None => self.first = Some(header),
+            Some(_) => self.rest.push(header),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Header<'a>> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn into_owned(self) -> HeaderList<'static> {
+        let owned = |(name, value): Header| -> Header<'static> {
+            (
+                Cow::Owned(name.into_owned()),
+                Cow::Owned(value.into_owned()),
+            )
+        };
+        HeaderList {
+            first: self.first.map(owned),
+            rest: self.rest.into_iter().map(owned).collect(),
+        }
+    }
+}
+
+impl<'a> FromIterator<Header<'a>> for HeaderList<'a> {
+    fn from_iter<I: IntoIterator<Item = Header<'a>>>(headers: I) -> Self {
+        let mut list = HeaderList::default();
+        for header in headers {
+            list.push(header);
+        }
+        list
+    }
+}
+
+impl<'a> From<Vec<Header<'a>>> for HeaderList<'a> {
+    fn from(headers: Vec<Header<'a>>) -> Self {
+        headers.into_iter().collect()
+    }
 }
 
 /// A value Envoy holds as bytes, as text: bytes that are not UTF-8 become U+FFFD, so such a
@@ -63,7 +124,7 @@ impl<'a> Request<'a> {
             method: method.into(),
             path: path.into(),
             authority: authority.into(),
-            headers,
+            headers: headers.into(),
             client_ip: None,
             remote_ip: None,
             direct_ip: None,
@@ -79,11 +140,7 @@ impl<'a> Request<'a> {
             method: Cow::Owned(self.method.into_owned()),
             path: Cow::Owned(self.path.into_owned()),
             authority: Cow::Owned(self.authority.into_owned()),
-            headers: self
-                .headers
-                .into_iter()
-                .map(|(n, v)| (Cow::Owned(n.into_owned()), Cow::Owned(v.into_owned())))
-                .collect(),
+            headers: self.headers.into_owned(),
             client_ip: self.client_ip,
             remote_ip: self.remote_ip,
             direct_ip: self.direct_ip,
@@ -142,6 +199,20 @@ impl<'a> Request<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_list_keeps_the_order_sent() {
+        let mut list = HeaderList::default();
+        assert!(list.is_empty());
+        for value in ["1", "2", "3"] {
+            list.push(("x-a".into(), value.into()));
+        }
+        let values: Vec<&str> = list.iter().map(|(_, v)| v.as_ref()).collect();
+        assert_eq!(values, ["1", "2", "3"]);
+        assert_eq!(list.len(), 3);
+        let owned = list.clone().into_owned();
+        assert_eq!(owned.iter().count(), 3);
+    }
 
     #[test]
     fn path_and_query_are_split_at_the_first_question_mark() {
