@@ -16,6 +16,7 @@ use meshguard::authz::peer::PeerIdentity;
 use meshguard::authz::{self, AllowSide, Facts};
 use meshguard::config::{self, KeySource, TokenBucket};
 use meshguard::flow::{Flow, StreamId};
+use meshguard::names::Names;
 use meshguard::pipeline::{self, Decision};
 use meshguard::ratelimit::bucket::{BucketState, TakeMode};
 use meshguard::ratelimit::MemoryBuckets;
@@ -62,9 +63,10 @@ fn verification(c: &mut Criterion) {
 fn decisions(c: &mut Criterion) {
     let config = config::parse(config_json().as_bytes()).unwrap();
     let keys = KeyStore::new(&config);
+    let names = Names::of(&config);
     let [(_, rs256), ..] = tokens();
     let request = request(&rs256);
-    let env = env(&config, &keys);
+    let env = env(&config, &names, &keys);
     let mut cache = TokenCache::default();
     let mut buckets = MemoryBuckets::default();
     // The first decision verifies and caches the token; the measured ones hit the cache.
@@ -84,10 +86,11 @@ fn decisions(c: &mut Criterion) {
 fn flow(c: &mut Criterion) {
     let config = config::parse(config_json().as_bytes()).unwrap();
     let keys = KeyStore::new(&config);
+    let names = Names::of(&config);
     let [(_, rs256), ..] = tokens();
     let request = request(&rs256);
     let mut vm = BenchVm {
-        env: support::env(&config, &keys),
+        env: support::env(&config, &names, &keys),
         cache: TokenCache::default(),
         buckets: MemoryBuckets::default(),
     };
@@ -135,18 +138,19 @@ fn buckets(c: &mut Criterion) {
 fn logging(c: &mut Criterion) {
     let config = config::parse(config_json().as_bytes()).unwrap();
     let keys = KeyStore::new(&config);
+    let names = Names::of(&config);
     let [(_, rs256), ..] = tokens();
-    let env = env(&config, &keys);
+    let env = env(&config, &names, &keys);
     let decision = pipeline::decide(
         &env,
         &mut TokenCache::default(),
         &mut MemoryBuckets::default(),
         &request(&rs256),
     );
-    let verdict = pipeline::summarize(&config, &decision).unwrap();
+    let verdict = pipeline::summarize(&names, &decision).unwrap();
     let exchange = exchange();
     c.bench_function("pipeline::summarize (the verdict of a decision)", |b| {
-        b.iter(|| pipeline::summarize(&config, black_box(&decision)))
+        b.iter(|| pipeline::summarize(&names, black_box(&decision)))
     });
     c.bench_function("access-log record rendering (JSON line)", |b| {
         b.iter(|| accesslog::render(black_box(&exchange), &verdict))
@@ -244,7 +248,7 @@ fn authz_config_json() -> String {
     .to_string()
 }
 
-fn authz_request() -> Request {
+fn authz_request() -> Request<'static> {
     let mut request = Request::new(
         "GET",
         "/api/orders/42?expand=items",

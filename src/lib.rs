@@ -20,6 +20,7 @@ pub mod hash;
 pub mod headermap;
 #[cfg(feature = "cli")]
 pub mod import;
+pub mod names;
 pub mod pipeline;
 pub mod proto;
 pub mod ratelimit;

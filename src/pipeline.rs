@@ -3,6 +3,8 @@
 
 use std::rc::Rc;
 
+use smallvec::SmallVec;
+
 use crate::accesslog;
 use crate::auth::cache::{TokenCache, VerifiedToken};
 use crate::auth::extract::{cookie_header_without, path_without_params, Location};
@@ -10,32 +12,37 @@ use crate::auth::remote::FetchReason;
 use crate::auth::{authenticate, evaluate, AuthEnv, ProviderOutcome, Verdict};
 use crate::authz::{self, AllowSide, Facts, Judgement};
 use crate::config::{Access, Config, Rule, Unmatched};
+use crate::names::Names;
 use crate::ratelimit::bucket::Take;
 use crate::ratelimit::key::KeyFacts;
-use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, PolicyOutcome};
+use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, Outcomes, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 use crate::rules::{self, match_rule};
 
 /// Header changes for the upstream request (removals first, then sets), and headers for the
-/// response on its way back.
+/// response on its way back. Names and token values are shared (`Names`, the cached token), and
+/// the few changes of a request are kept inline: deciding copies no string for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mutations {
-    pub remove: Vec<String>,
-    pub set: Vec<(String, String)>,
+    pub remove: SmallVec<[Rc<str>; 4]>,
+    pub set: SmallVec<[(Rc<str>, Rc<str>); 2]>,
     /// A new `:path` (a token parameter removed).
     pub path: Option<String>,
     /// Added to the response (rate-limit headers of policies with `enable_ratelimit_headers`).
     pub response_headers: Vec<(String, String)>,
 }
 
+/// The verified tokens of a request, first provider first; one or two, kept inline.
+pub type Identities = SmallVec<[Rc<VerifiedToken>; 2]>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allowed {
     pub rule: Option<usize>,
     pub mutations: Mutations,
-    pub identities: Vec<Rc<VerifiedToken>>,
+    pub identities: Identities,
     /// What each rate-limit policy of the rule decided.
-    pub limits: Vec<PolicyOutcome>,
+    pub limits: Outcomes,
     /// What authorization recorded (dry-run refusals, audit marks), if anything.
     pub authz: Option<accesslog::AuthzRecord>,
 }
@@ -47,10 +54,11 @@ pub enum Decision {
         rule: Option<usize>,
         reply: LocalReply,
         /// What each rate-limit policy decided (for the log), when one refused.
-        limits: Vec<PolicyOutcome>,
+        limits: Outcomes,
     },
-    /// Ask the rate-limit service (`checks`), then decide with `after_global`.
-    CheckGlobal(PendingGlobal),
+    /// Ask the rate-limit service (`checks`), then decide with `after_global`. Boxed: it is
+    /// the rare and largest decision, and the others are moved on every request.
+    CheckGlobal(Box<PendingGlobal>),
     /// Hold the request `wait_ms` (delay mode), then forward it as `Allowed`.
     Delay {
         wait_ms: u64,
@@ -67,7 +75,7 @@ pub enum Settled {
     Deny {
         rule: Option<usize>,
         reply: LocalReply,
-        limits: Vec<PolicyOutcome>,
+        limits: Outcomes,
     },
     Delay {
         wait_ms: u64,
@@ -76,10 +84,12 @@ pub enum Settled {
 }
 
 /// What a decision leads to: settled, or waiting for the rate-limit service or for keys.
+// The large variant is the common one: boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
     Settled(Settled),
-    CheckGlobal(PendingGlobal),
+    CheckGlobal(Box<PendingGlobal>),
     AwaitKeys(Vec<(usize, FetchReason)>),
 }
 
@@ -130,29 +140,31 @@ pub fn decide(
     request: &Request,
 ) -> Decision {
     let config = env.config;
+    let names = env.names;
     let mut mutations = Mutations::default();
     // Anti-spoofing: whatever a client sent under a header meshguard writes is dropped on
     // every request, whether or not this request ends up setting it.
-    mutations
-        .remove
-        .extend(config.output_headers.iter().cloned());
-    mutations
-        .remove
-        .extend(request.underscore_twins.iter().cloned());
+    mutations.remove.extend(names.written().iter().cloned());
+    mutations.remove.extend(
+        request
+            .underscore_twins
+            .iter()
+            .map(|twin| names.header(twin)),
+    );
     let preflight = config.authz.bypass_cors_preflight && is_cors_preflight(request);
     let Some((rule_index, rule)) = match_rule(&config.rules, request) else {
         return match config.unmatched {
             Unmatched::Deny => Decision::Deny {
                 rule: None,
                 reply: reply::no_rule_matches(),
-                limits: Vec::new(),
+                limits: Outcomes::new(),
             },
             Unmatched::Allow => {
                 let allowed = Allowed {
                     rule: None,
                     mutations,
-                    identities: Vec::new(),
-                    limits: Vec::new(),
+                    identities: Identities::new(),
+                    limits: Outcomes::new(),
                     authz: None,
                 };
                 match authorize(config, None, allowed, request) {
@@ -172,8 +184,8 @@ pub fn decide(
             let allowed = Allowed {
                 rule: Some(rule_index),
                 mutations,
-                identities: Vec::new(),
-                limits: Vec::new(),
+                identities: Identities::new(),
+                limits: Outcomes::new(),
                 authz: None,
             };
             return match authorize(config, own, allowed, request) {
@@ -183,7 +195,8 @@ pub fn decide(
         }
     };
 
-    let mut outcomes: Vec<Option<ProviderOutcome>> = vec![None; config.providers.len()];
+    let mut outcomes: SmallVec<[Option<ProviderOutcome>; 4]> =
+        smallvec::smallvec![None; config.providers.len()];
     let verdict = evaluate(
         requirement,
         &mut |provider| match outcomes.get_mut(provider) {
@@ -195,9 +208,10 @@ pub fn decide(
     );
     match verdict {
         Verdict::Satisfied(providers) => {
-            let mut identities = Vec::with_capacity(providers.len());
-            let mut params_to_strip = Vec::new();
-            let mut cookies_to_strip = Vec::new();
+            let mut identities = Identities::new();
+            // Empty (so not allocated) unless a provider that strips its token found it there.
+            let mut params_to_strip: Vec<&str> = Vec::new();
+            let mut cookies_to_strip: Vec<&str> = Vec::new();
             for index in providers {
                 let (Some(Some(ProviderOutcome::Verified { token, locations })), Some(provider)) =
                     (outcomes.get(index), config.providers.get(index))
@@ -205,11 +219,24 @@ pub fn decide(
                     continue;
                 };
                 if !provider.forward {
+                    let found = &provider.locations;
                     for location in locations {
-                        match location {
-                            Location::Header(name) => push_unique(&mut mutations.remove, name),
-                            Location::Param(name) => push_unique(&mut params_to_strip, name),
-                            Location::Cookie(name) => push_unique(&mut cookies_to_strip, name),
+                        match *location {
+                            Location::Header(at) => {
+                                if let Some(header) = found.headers.get(at) {
+                                    push_unique_name(&mut mutations.remove, names, &header.name);
+                                }
+                            }
+                            Location::Param(at) => {
+                                if let Some(param) = found.params.get(at) {
+                                    push_unique(&mut params_to_strip, param);
+                                }
+                            }
+                            Location::Cookie(at) => {
+                                if let Some(cookie) = found.cookies.get(at) {
+                                    push_unique(&mut cookies_to_strip, cookie);
+                                }
+                            }
                         }
                     }
                 }
@@ -222,8 +249,8 @@ pub fn decide(
             if !cookies_to_strip.is_empty() {
                 let cookies: Vec<&str> = request.header_values("cookie").collect();
                 match cookie_header_without(&cookies, &cookies_to_strip) {
-                    Some(rest) => mutations.set.push(("cookie".into(), rest)),
-                    None => push_unique(&mut mutations.remove, "cookie"),
+                    Some(rest) => mutations.set.push((names.header("cookie"), Rc::from(rest))),
+                    None => push_unique_name(&mut mutations.remove, names, "cookie"),
                 }
             }
             // Setting a header replaces every client-sent value, so removing it first would
@@ -236,7 +263,7 @@ pub fn decide(
                 rule: Some(rule_index),
                 mutations,
                 identities,
-                limits: Vec::new(),
+                limits: Outcomes::new(),
                 authz: None,
             };
             match authorize(config, Some(rule), allowed, request) {
@@ -247,12 +274,12 @@ pub fn decide(
         Verdict::Missing => Decision::Deny {
             rule: Some(rule_index),
             reply: reply::token_missing(&rule.name),
-            limits: Vec::new(),
+            limits: Outcomes::new(),
         },
         Verdict::Failed(error) => Decision::Deny {
             rule: Some(rule_index),
             reply: reply::token_refused(error),
-            limits: Vec::new(),
+            limits: Outcomes::new(),
         },
         Verdict::AwaitingKeys => Decision::AwaitKeys(
             outcomes
@@ -323,7 +350,7 @@ fn authorize(
             Err(Box::new(Decision::Deny {
                 rule: allowed.rule,
                 reply,
-                limits: Vec::new(),
+                limits: Outcomes::new(),
             }))
         }
         None => {
@@ -354,7 +381,9 @@ fn authz_record(
     let principal = allowed
         .identities
         .iter()
-        .find_map(|token| token.principal.clone().or_else(|| token.subject.clone()))
+        .find_map(|token| {
+            (token.principal.clone()).or_else(|| token.subject.as_deref().map(str::to_owned))
+        })
         .or_else(|| request.peer.as_ref().map(|peer| peer.principal.clone()));
     Some(accesslog::AuthzRecord {
         decision,
@@ -383,30 +412,33 @@ fn limit(
     if rule.rate_limits.is_empty() {
         return Decision::Allow(allowed);
     }
-    let facts = KeyFacts {
-        request,
-        rule: &rule.name,
-        claims: allowed
-            .identities
-            .iter()
-            .map(|token| &token.claims)
-            .collect(),
-    };
-    let local = ratelimit::apply(config, &rule.rate_limits, &facts, buckets, now_ms);
-    let checks = match local {
-        ratelimit::Verdict::Allowed(_) | ratelimit::Verdict::Delayed { .. } => {
-            ratelimit::global_checks(config, &rule.rate_limits, &facts)
-        }
-        _ => Vec::new(),
+    let (local, checks) = {
+        let facts = KeyFacts {
+            request,
+            rule: &rule.name,
+            claims: allowed
+                .identities
+                .iter()
+                .map(|token| &token.claims)
+                .collect(),
+        };
+        let local = ratelimit::apply(config, &rule.rate_limits, &facts, buckets, now_ms);
+        let checks = match local {
+            ratelimit::Verdict::Allowed(_) | ratelimit::Verdict::Delayed { .. } => {
+                ratelimit::global_checks(config, &rule.rate_limits, &facts)
+            }
+            _ => Vec::new(),
+        };
+        (local, checks)
     };
     if checks.is_empty() {
         return finish(config, allowed, local).into();
     }
-    Decision::CheckGlobal(PendingGlobal {
+    Decision::CheckGlobal(Box::new(PendingGlobal {
         checks,
         local,
         allowed,
-    })
+    }))
 }
 
 /// A request waiting for the rate-limit service.
@@ -449,7 +481,7 @@ pub fn after_global(
     finish(config, pending.allowed, verdict)
 }
 
-fn with_limits(config: &Config, mut allowed: Allowed, outcomes: Vec<PolicyOutcome>) -> Allowed {
+fn with_limits(config: &Config, mut allowed: Allowed, outcomes: Outcomes) -> Allowed {
     let advertised: Vec<PolicyOutcome> = outcomes
         .iter()
         .filter(|o| {
@@ -496,18 +528,24 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Set
                     .get(policy)
                     .map_or("", |p| p.name.as_str()),
             ),
-            limits: Vec::new(),
+            limits: Outcomes::new(),
         },
     }
 }
 
-fn push_unique(list: &mut Vec<String>, item: &str) {
-    if !list.iter().any(|existing| existing == item) {
-        list.push(item.to_owned());
+fn push_unique<'n>(list: &mut Vec<&'n str>, item: &'n str) {
+    if !list.contains(&item) {
+        list.push(item);
     }
 }
 
-fn limit_entries(config: &Config, limits: &[PolicyOutcome]) -> Vec<accesslog::LimitEntry> {
+fn push_unique_name(list: &mut SmallVec<[Rc<str>; 4]>, names: &Names, name: &str) {
+    if !list.iter().any(|existing| &**existing == name) {
+        list.push(names.header(name));
+    }
+}
+
+fn limit_entries(names: &Names, limits: &[PolicyOutcome]) -> SmallVec<[accesslog::LimitEntry; 2]> {
     limits
         .iter()
         .map(|outcome| {
@@ -518,10 +556,7 @@ fn limit_entries(config: &Config, limits: &[PolicyOutcome]) -> Vec<accesslog::Li
                 Take::Refused { .. } => ("limited", Some(0)),
             };
             accesslog::LimitEntry {
-                policy: config
-                    .rate_limits
-                    .get(outcome.policy)
-                    .map_or_else(String::new, |p| p.name.clone()),
+                policy: names.policy(outcome.policy).unwrap_or_else(|| Rc::from("")),
                 decision,
                 remaining,
             }
@@ -530,67 +565,59 @@ fn limit_entries(config: &Config, limits: &[PolicyOutcome]) -> Vec<accesslog::Li
 }
 
 /// What the log and Envoy's filter state say about a decision; `None` while it is pending.
-pub fn summarize(config: &Config, decision: &Decision) -> Option<accesslog::Verdict> {
+/// Names are shared from `names`, never copied.
+pub fn summarize(names: &Names, decision: &Decision) -> Option<accesslog::Verdict> {
     match decision {
         Decision::Allow(allowed) | Decision::Delay { allowed, .. } => {
-            Some(allowed_verdict(config, allowed))
+            Some(allowed_verdict(names, allowed))
         }
         Decision::Deny {
             rule,
             reply,
             limits,
-        } => Some(denied_verdict(config, *rule, reply, limits)),
+        } => Some(denied_verdict(names, *rule, reply, limits)),
         Decision::CheckGlobal(_) | Decision::AwaitKeys(_) => None,
     }
 }
 
 /// What the log and Envoy's filter state say about a settled decision.
-pub fn verdict(config: &Config, settled: &Settled) -> accesslog::Verdict {
+pub fn verdict(names: &Names, settled: &Settled) -> accesslog::Verdict {
     match settled {
-        Settled::Allow(allowed) | Settled::Delay { allowed, .. } => {
-            allowed_verdict(config, allowed)
-        }
+        Settled::Allow(allowed) | Settled::Delay { allowed, .. } => allowed_verdict(names, allowed),
         Settled::Deny {
             rule,
             reply,
             limits,
-        } => denied_verdict(config, *rule, reply, limits),
+        } => denied_verdict(names, *rule, reply, limits),
     }
 }
 
-fn rule_name(config: &Config, rule: Option<usize>) -> Option<String> {
-    rule.and_then(|r| config.rules.get(r))
-        .map(|r| r.name.clone())
-}
-
-fn allowed_verdict(config: &Config, allowed: &Allowed) -> accesslog::Verdict {
+fn allowed_verdict(names: &Names, allowed: &Allowed) -> accesslog::Verdict {
     let first = allowed.identities.first();
     accesslog::Verdict {
-        rule: rule_name(config, allowed.rule),
-        provider: first
-            .and_then(|token| config.providers.get(token.provider))
-            .map(|p| p.name.clone()),
+        rule: allowed.rule.and_then(|r| names.rule(r)),
+        provider: first.and_then(|token| names.provider(token.provider)),
         subject: first.and_then(|token| token.subject.clone()),
         decision: accesslog::Decision::Allowed.name(),
         reason: None,
-        rate_limits: limit_entries(config, &allowed.limits),
+        rate_limits: limit_entries(names, &allowed.limits),
         authz: allowed.authz.clone(),
     }
 }
 
 fn denied_verdict(
-    config: &Config,
+    names: &Names,
     rule: Option<usize>,
     reply: &LocalReply,
     limits: &[PolicyOutcome],
 ) -> accesslog::Verdict {
     accesslog::Verdict {
-        rule: rule_name(config, rule),
+        rule: rule.and_then(|r| names.rule(r)),
         provider: None,
         subject: None,
         decision: accesslog::Decision::of_status(reply.status).name(),
         reason: Some(reply.reason.clone()),
-        rate_limits: limit_entries(config, limits),
+        rate_limits: limit_entries(names, limits),
         authz: reply.authz.clone(),
     }
 }

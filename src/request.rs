@@ -1,18 +1,21 @@
 //! The facts about one request that the cores decide on, gathered by the host adapter.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::authz::peer::PeerIdentity;
 
 /// Header names are lower-case (Envoy delivers them so); `headers` holds only those the
-/// configuration reads (`config::RequestReads`).
+/// configuration reads (`config::RequestReads`). Text is borrowed where it can be (from the
+/// header map Envoy handed over, names from the configuration), so gathering a request copies
+/// no value; `into_owned` makes a request that outlives them (one that waits for keys).
 #[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
+pub struct Request<'a> {
+    pub method: Cow<'a, str>,
     /// `:path` as received, query included.
-    pub path: String,
-    pub authority: String,
-    pub headers: Vec<(String, String)>,
+    pub path: Cow<'a, str>,
+    pub authority: Cow<'a, str>,
+    pub headers: HeaderList<'a>,
     /// The downstream address Envoy reports (no port), when a rate-limit key needs it.
     pub client_ip: Option<String>,
     /// The client address Envoy derived (from `X-Forwarded-For` under its trusted hops), when a
@@ -30,25 +33,98 @@ pub struct Request {
     pub underscore_twins: Vec<String>,
 }
 
+/// A header's name and value.
+pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The headers of a request that the configuration reads, in the order sent. The first is kept
+/// inline: it is usually the only one (the token's header), so a request allocates no list.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderList<'a> {
+    first: Option<Header<'a>>,
+    rest: Vec<Header<'a>>,
+}
+
+impl<'a> HeaderList<'a> {
+    pub fn push(&mut self, header: Header<'a>) {
+        match self.first {
+            None => self.first = Some(header),
+            Some(_) => self.rest.push(header),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Header<'a>> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn into_owned(self) -> HeaderList<'static> {
+        let owned = |(name, value): Header| -> Header<'static> {
+            (
+                Cow::Owned(name.into_owned()),
+                Cow::Owned(value.into_owned()),
+            )
+        };
+        HeaderList {
+            first: self.first.map(owned),
+            rest: self.rest.into_iter().map(owned).collect(),
+        }
+    }
+}
+
+impl<'a> FromIterator<Header<'a>> for HeaderList<'a> {
+    fn from_iter<I: IntoIterator<Item = Header<'a>>>(headers: I) -> Self {
+        let mut list = HeaderList::default();
+        for header in headers {
+            list.push(header);
+        }
+        list
+    }
+}
+
+impl<'a> From<Vec<Header<'a>>> for HeaderList<'a> {
+    fn from(headers: Vec<Header<'a>>) -> Self {
+        headers.into_iter().collect()
+    }
+}
+
 /// A value Envoy holds as bytes, as text: bytes that are not UTF-8 become U+FFFD, so such a
 /// token is malformed and such a header equals no configured value. A rate-limit key built
 /// from it shares its bucket with other such values: never a fresh one.
-pub fn text_of(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Borrowed when the bytes are UTF-8 (the usual case), owned only when a byte was replaced.
+pub fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
-impl Request {
+/// `text_of` for bytes that may be owned already: owned bytes become owned text in place.
+pub fn text_of_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match bytes {
+        Cow::Borrowed(bytes) => text_of(bytes),
+        Cow::Owned(bytes) => Cow::Owned(match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+        }),
+    }
+}
+
+impl<'a> Request<'a> {
     pub fn new(
-        method: &str,
-        path: &str,
-        authority: &str,
-        headers: Vec<(String, String)>,
-    ) -> Request {
+        method: impl Into<Cow<'a, str>>,
+        path: impl Into<Cow<'a, str>>,
+        authority: impl Into<Cow<'a, str>>,
+        headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    ) -> Request<'a> {
         Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            authority: authority.to_owned(),
-            headers,
+            method: method.into(),
+            path: path.into(),
+            authority: authority.into(),
+            headers: headers.into(),
             client_ip: None,
             remote_ip: None,
             direct_ip: None,
@@ -58,21 +134,37 @@ impl Request {
         }
     }
 
+    /// A request that owns all its text, to keep beyond what it borrowed.
+    pub fn into_owned(self) -> Request<'static> {
+        Request {
+            method: Cow::Owned(self.method.into_owned()),
+            path: Cow::Owned(self.path.into_owned()),
+            authority: Cow::Owned(self.authority.into_owned()),
+            headers: self.headers.into_owned(),
+            client_ip: self.client_ip,
+            remote_ip: self.remote_ip,
+            direct_ip: self.direct_ip,
+            port: self.port,
+            peer: self.peer,
+            underscore_twins: self.underscore_twins,
+        }
+    }
+
     /// A GET request with these headers, for tests.
     #[cfg(test)]
-    pub fn get(path: &str, headers: &[(&str, &str)]) -> Request {
+    pub fn get(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
         let headers = headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (Cow::Owned(n.to_string()), Cow::Owned(v.to_string())))
             .collect();
-        Request::new("GET", path, "svc", headers)
+        Request::new("GET", path.to_owned(), "svc", headers)
     }
 
     /// The path without its query: what rules match on.
     pub fn path_only(&self) -> &str {
         self.path
             .split_once('?')
-            .map_or(self.path.as_str(), |(path, _)| path)
+            .map_or(self.path.as_ref(), |(path, _)| path)
     }
 
     pub fn query(&self) -> Option<&str> {
@@ -82,11 +174,11 @@ impl Request {
     pub fn header_values<'r, 'n>(
         &'r self,
         name: &'n str,
-    ) -> impl Iterator<Item = &'r str> + use<'r, 'n> {
+    ) -> impl Iterator<Item = &'r str> + use<'r, 'n, 'a> {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// A header's values joined by `,` in the order sent, as Envoy's route matching and
@@ -107,6 +199,20 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_list_keeps_the_order_sent() {
+        let mut list = HeaderList::default();
+        assert!(list.is_empty());
+        for value in ["1", "2", "3"] {
+            list.push(("x-a".into(), value.into()));
+        }
+        let values: Vec<&str> = list.iter().map(|(_, v)| v.as_ref()).collect();
+        assert_eq!(values, ["1", "2", "3"]);
+        assert_eq!(list.len(), 3);
+        let owned = list.clone().into_owned();
+        assert_eq!(owned.iter().count(), 3);
+    }
 
     #[test]
     fn path_and_query_are_split_at_the_first_question_mark() {

@@ -119,7 +119,7 @@ mod tests {
             authority,
             headers
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .map(|(n, v)| (n.to_string().into(), v.to_string().into()))
                 .collect(),
         );
         let rules = rules();

@@ -10,6 +10,7 @@ use meshguard::auth::verify::PortableVerifier;
 use meshguard::auth::AuthEnv;
 use meshguard::config::Config;
 use meshguard::flow::{self, FetchEnd, Lease};
+use meshguard::names::Names;
 use meshguard::pipeline::{self, Decision, PendingGlobal, Settled};
 use meshguard::ratelimit::{self, GlobalAnswer, MemoryBuckets, PolicyOutcome};
 use meshguard::request::Request;
@@ -31,19 +32,20 @@ pub fn config_json() -> String {
     .to_string()
 }
 
-pub fn request(token: &str) -> Request {
+pub fn request(token: &str) -> Request<'static> {
     Request::new(
         "GET",
         "/api/orders?page=2",
         "api.example.com",
-        vec![("authorization".into(), format!("Bearer {token}"))],
+        vec![("authorization".into(), format!("Bearer {token}").into())],
     )
 }
 
 /// What authentication reads, at the benchmarks' clock, with the pure-Rust verifier.
-pub fn env<'a>(config: &'a Config, keys: &'a KeyStore) -> AuthEnv<'a> {
+pub fn env<'a>(config: &'a Config, names: &'a Names, keys: &'a KeyStore) -> AuthEnv<'a> {
     AuthEnv {
         config,
+        names,
         keys,
         verifier: &PortableVerifier,
         now_ms: NOW_MS,
@@ -81,7 +83,7 @@ impl flow::Vm for BenchVm<'_> {
         pipeline::after_global(self.env.config, pending, answers, &mut self.buckets)
     }
     fn record(&mut self, settled: &Settled) -> Verdict {
-        pipeline::verdict(self.env.config, settled)
+        pipeline::verdict(self.env.names, settled)
     }
     fn release(&mut self, reservations: &[PolicyOutcome]) {
         ratelimit::release(self.env.config, reservations, &mut self.buckets);

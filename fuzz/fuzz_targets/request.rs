@@ -11,6 +11,7 @@ use meshguard::auth::extract::{cookie_header_without, cookie_pairs, path_without
 use meshguard::auth::remote::KeyStore;
 use meshguard::auth::verify::PortableVerifier;
 use meshguard::auth::AuthEnv;
+use meshguard::names::Names;
 use meshguard::config::{self, Config};
 use meshguard::pipeline;
 use meshguard::ratelimit::MemoryBuckets;
@@ -45,15 +46,16 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = Vec::new();
     for name in ["cookie", "authorization", "x-api-key"] {
         if let Some(value) = fields.next() {
-            headers.push((name.to_owned(), value));
+            headers.push((name.into(), value.into()));
         }
     }
     let request = Request::new("GET", &path, "api.test", headers);
     let config = config();
     let keys = KeyStore::new(config);
-    let env = AuthEnv { config, keys: &keys, verifier: &PortableVerifier, now_ms: 1_800_000_000_000 };
+    let names = Names::of(config);
+    let env = AuthEnv { config, names: &names, keys: &keys, verifier: &PortableVerifier, now_ms: 1_800_000_000_000 };
     let decision = pipeline::decide(&env, &mut TokenCache::default(), &mut MemoryBuckets::default(), &request);
-    let _ = pipeline::summarize(config, &decision);
+    let _ = pipeline::summarize(&names, &decision);
 
     let query = path.split_once('?').map(|(_, q)| q);
     let _ = query_pairs(query).count();

@@ -2,7 +2,10 @@
 //! facts the host gathers; rendered as one JSON line. Secrets never reach it: credential headers
 //! are dropped even when configured, the query is cut from the path, and no token is a field.
 
+use std::rc::Rc;
+
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::config::AccessLog;
 
@@ -76,7 +79,7 @@ impl Decision {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LimitEntry {
-    pub policy: String,
+    pub policy: Rc<str>,
     /// `allowed`, `delayed`, `limited`, or `shadow_limited`.
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,17 +114,17 @@ pub struct AuthzRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Verdict {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Rc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
+    pub provider: Option<Rc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
+    pub subject: Option<Rc<str>>,
     /// `allowed`, `unauthenticated`, `forbidden`, `rate_limited`, `unavailable`.
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rate_limits: Vec<LimitEntry>,
+    #[serde(skip_serializing_if = "SmallVec::is_empty")]
+    pub rate_limits: SmallVec<[LimitEntry; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz: Option<AuthzRecord>,
 }

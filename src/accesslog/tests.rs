@@ -29,7 +29,7 @@ fn verdict() -> Verdict {
         subject: Some("alice".into()),
         decision: "allowed",
         reason: None,
-        rate_limits: vec![LimitEntry {
+        rate_limits: smallvec::smallvec![LimitEntry {
             policy: "per_user".into(),
             decision: "allowed",
             remaining: Some(4),

@@ -27,11 +27,13 @@ pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedToken {
     pub provider: usize,
-    pub subject: Option<String>,
+    /// Shared with every verdict that names it.
+    pub subject: Option<Rc<str>>,
     /// `iss/sub`, Istio's request principal, when the token has both.
     pub principal: Option<String>,
     pub claims: Map<String, Value>,
-    pub upstream_headers: Vec<(String, String)>,
+    /// Header names and values, shared with every request that forwards them.
+    pub upstream_headers: Vec<(Rc<str>, Rc<str>)>,
 }
 
 #[derive(Debug, Clone)]

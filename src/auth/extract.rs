@@ -1,23 +1,32 @@
 //! Finding a provider's token in a request (headers, query parameters, cookies) and removing
 //! it before the request goes upstream.
 
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
+
 use crate::config::TokenLocations;
 use crate::request::Request;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a token was found: an index into the provider's `TokenLocations` list of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
-    Header(String),
-    Param(String),
-    Cookie(String),
+    Header(usize),
+    Param(usize),
+    Cookie(usize),
 }
 
+/// Every place a token was found; one or two in practice, so kept inline.
+pub type Locations = SmallVec<[Location; 2]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extracted {
+pub enum Extracted<'r> {
     Missing,
-    /// One token, and every place it was found (to strip them all).
+    /// One token, and every place it was found (to strip them all). The token is borrowed from
+    /// the request unless it had to be percent-decoded.
     Found {
-        token: String,
-        locations: Vec<Location>,
+        token: Cow<'r, str>,
+        locations: Locations,
     },
     /// Different tokens in the provider's locations: refused, never guessed between.
     Conflicting,
@@ -25,47 +34,52 @@ pub enum Extracted {
 
 /// Looks in every configured location. Envoy's defaults are `Authorization: Bearer` and
 /// `?access_token=`. The prefix is matched case-insensitively (auth schemes are, RFC 9110 §11.1).
-pub fn extract(locations: &TokenLocations, request: &Request) -> Extracted {
-    let mut token: Option<String> = None;
-    let mut found = Vec::new();
+pub fn extract<'r>(locations: &TokenLocations, request: &'r Request) -> Extracted<'r> {
+    let mut token: Option<Cow<'r, str>> = None;
+    let mut found = Locations::new();
     let mut conflicting = false;
-    let mut note = |candidate: &str, location: Location| {
-        let candidate = candidate.trim();
+    let mut note = |candidate: Cow<'r, str>, location: Location| {
+        let candidate = trimmed(candidate);
         if candidate.is_empty() {
             return;
         }
         match &token {
-            Some(existing) if existing != candidate => conflicting = true,
+            Some(existing) if *existing != candidate => conflicting = true,
             Some(_) => {}
-            None => token = Some(candidate.to_owned()),
+            None => token = Some(candidate),
         }
         if !found.contains(&location) {
             found.push(location);
         }
     };
-    for header in &locations.headers {
+    for (index, header) in locations.headers.iter().enumerate() {
         // Envoy joins repeated headers with ','; a JWT never contains one.
         for value in request
             .header_values(&header.name)
             .flat_map(|v| v.split(','))
         {
             if let Some(rest) = strip_prefix_ignore_case(value.trim_start(), &header.value_prefix) {
-                note(rest, Location::Header(header.name.clone()));
+                note(Cow::Borrowed(rest), Location::Header(index));
             }
         }
     }
     if !locations.params.is_empty() {
-        for (name, value) in query_pairs(request.query()) {
-            if locations.params.contains(&name) {
-                note(&value, Location::Param(name));
+        // Names are compared as sent first: only a matching pair's value is decoded.
+        for (raw_name, raw_value) in raw_query_pairs(request.query()) {
+            if let Some(index) = locations
+                .params
+                .iter()
+                .position(|param| param_name_is(raw_name, param))
+            {
+                note(decoded(raw_value), Location::Param(index));
             }
         }
     }
     if !locations.cookies.is_empty() {
         for value in request.header_values("cookie") {
             for (name, cookie) in cookie_pairs(value) {
-                if locations.cookies.iter().any(|c| c == name) {
-                    note(cookie, Location::Cookie(name.to_owned()));
+                if let Some(index) = locations.cookies.iter().position(|c| c == name) {
+                    note(Cow::Borrowed(cookie), Location::Cookie(index));
                 }
             }
         }
@@ -80,6 +94,15 @@ pub fn extract(locations: &TokenLocations, request: &Request) -> Extracted {
     }
 }
 
+/// Without surrounding whitespace, still borrowed when it was.
+fn trimmed(text: Cow<'_, str>) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
+        Cow::Owned(text) if text.trim().len() == text.len() => Cow::Owned(text),
+        Cow::Owned(text) => Cow::Owned(text.trim().to_owned()),
+    }
+}
+
 fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
     let head = value.get(..prefix.len())?;
     if head.eq_ignore_ascii_case(prefix) {
@@ -89,16 +112,32 @@ fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str>
     }
 }
 
-/// `name=value` pairs of a query string, percent-decoded (`+` is a space, as in forms).
-pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
+/// `name=value` pairs of a query string as sent (not decoded).
+fn raw_query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> + '_ {
     query
         .unwrap_or("")
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name), percent_decode(value))
-        })
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// `name=value` pairs of a query string, percent-decoded (`+` is a space, as in forms).
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
+    raw_query_pairs(query).map(|(name, value)| (percent_decode(name), percent_decode(value)))
+}
+
+/// Text as `percent_decode` reads it, borrowed when there is nothing to decode.
+fn decoded(raw: &str) -> Cow<'_, str> {
+    if raw.contains(['%', '+']) {
+        Cow::Owned(percent_decode(raw))
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+/// Whether a parameter name as sent decodes to `name`, decoding only when it has escapes.
+fn param_name_is(raw: &str, name: &str) -> bool {
+    decoded(raw) == name
 }
 
 fn percent_decode(text: &str) -> String {
@@ -143,7 +182,7 @@ pub fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The request path with the named query parameters removed (for tokens sent as parameters).
-pub fn path_without_params(path: &str, params: &[String]) -> String {
+pub fn path_without_params(path: &str, params: &[impl AsRef<str>]) -> String {
     let Some((base, query)) = path.split_once('?') else {
         return path.to_owned();
     };
@@ -151,7 +190,7 @@ pub fn path_without_params(path: &str, params: &[String]) -> String {
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-            !params.iter().any(|p| *p == percent_decode(name))
+            !params.iter().any(|p| param_name_is(name, p.as_ref()))
         })
         .collect();
     if kept.is_empty() {
@@ -162,7 +201,7 @@ pub fn path_without_params(path: &str, params: &[String]) -> String {
 }
 
 /// The `Cookie` header value with the named cookies removed; `None` when nothing is left.
-pub fn cookie_header_without(values: &[&str], names: &[String]) -> Option<String> {
+pub fn cookie_header_without(values: &[&str], names: &[impl AsRef<str>]) -> Option<String> {
     let kept: Vec<String> = values
         .iter()
         .flat_map(|value| value.split(';'))
@@ -170,7 +209,7 @@ pub fn cookie_header_without(values: &[&str], names: &[String]) -> Option<String
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            !names.iter().any(|n| n == name)
+            !names.iter().any(|n| n.as_ref() == name)
         })
         .map(str::to_owned)
         .collect();
@@ -199,8 +238,20 @@ mod tests {
         }
     }
 
-    fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
         Request::get(path, headers)
+    }
+
+    /// `extract`, with the token owned so the result outlives the request.
+    fn find(locations: &TokenLocations, request: Request) -> Extracted<'static> {
+        match extract(locations, &request) {
+            Extracted::Found { token, locations } => Extracted::Found {
+                token: Cow::Owned(token.into_owned()),
+                locations,
+            },
+            Extracted::Missing => Extracted::Missing,
+            Extracted::Conflicting => Extracted::Conflicting,
+        }
     }
 
     #[test]
@@ -210,12 +261,12 @@ mod tests {
             "bearer abc.def.ghi",
             "BEARER  abc.def.ghi ",
         ] {
-            let found = extract(&locations(), &request("/", &[("authorization", header)]));
+            let found = find(&locations(), request("/", &[("authorization", header)]));
             assert_eq!(
                 found,
                 Extracted::Found {
                     token: "abc.def.ghi".into(),
-                    locations: vec![Location::Header("authorization".into())]
+                    locations: Locations::from_slice(&[Location::Header(0)])
                 }
             );
         }
@@ -223,44 +274,58 @@ mod tests {
 
     #[test]
     fn other_schemes_are_not_bearer_tokens() {
-        let found = extract(
+        let found = find(
             &locations(),
-            &request("/", &[("authorization", "Basic dXNlcjpwYXNz")]),
+            request("/", &[("authorization", "Basic dXNlcjpwYXNz")]),
         );
         assert_eq!(found, Extracted::Missing);
     }
 
     #[test]
     fn finds_tokens_in_params_and_cookies() {
-        let found = extract(&locations(), &request("/x?a=1&access_token=t.o.k&b=2", &[]));
+        let found = find(&locations(), request("/x?a=1&access_token=t.o.k&b=2", &[]));
         assert!(matches!(found, Extracted::Found { ref token, .. } if token == "t.o.k"));
-        let found = extract(
+        let found = find(
             &locations(),
-            &request("/", &[("cookie", "theme=dark; session=\"c.o.k\"")]),
+            request("/", &[("cookie", "theme=dark; session=\"c.o.k\"")]),
         );
         assert_eq!(
             found,
             Extracted::Found {
                 token: "c.o.k".into(),
-                locations: vec![Location::Cookie("session".into())]
+                locations: Locations::from_slice(&[Location::Cookie(0)])
             }
         );
     }
 
     #[test]
+    fn a_percent_encoded_parameter_name_and_token_are_decoded() {
+        let found = find(&locations(), request("/x?access%5Ftoken=t%2Eo.k", &[]));
+        assert_eq!(
+            found,
+            Extracted::Found {
+                token: "t.o.k".into(),
+                locations: Locations::from_slice(&[Location::Param(0)])
+            }
+        );
+        let found = find(&locations(), request("/x?access_tokens=t.o.k", &[]));
+        assert_eq!(found, Extracted::Missing);
+    }
+
+    #[test]
     fn the_same_token_twice_is_one_token_found_in_two_places() {
-        let found = extract(
+        let found = find(
             &locations(),
-            &request("/?access_token=a.b.c", &[("authorization", "Bearer a.b.c")]),
+            request("/?access_token=a.b.c", &[("authorization", "Bearer a.b.c")]),
         );
         assert!(matches!(found, Extracted::Found { ref locations, .. } if locations.len() == 2));
     }
 
     #[test]
     fn two_different_tokens_conflict() {
-        let found = extract(
+        let found = find(
             &locations(),
-            &request(
+            request(
                 "/",
                 &[
                     ("authorization", "Bearer a.b.c"),
@@ -269,18 +334,18 @@ mod tests {
             ),
         );
         assert_eq!(found, Extracted::Conflicting);
-        let found = extract(
+        let found = find(
             &locations(),
-            &request("/?access_token=x.y.z", &[("x-jwt", "a.b.c")]),
+            request("/?access_token=x.y.z", &[("x-jwt", "a.b.c")]),
         );
         assert_eq!(found, Extracted::Conflicting);
     }
 
     #[test]
     fn empty_values_are_missing_tokens() {
-        let found = extract(
+        let found = find(
             &locations(),
-            &request("/?access_token=", &[("authorization", "Bearer ")]),
+            request("/?access_token=", &[("authorization", "Bearer ")]),
         );
         assert_eq!(found, Extracted::Missing);
     }
@@ -288,25 +353,22 @@ mod tests {
     #[test]
     fn removes_token_params_and_cookies() {
         assert_eq!(
-            path_without_params("/a?x=1&access_token=t&y=2", &["access_token".into()]),
+            path_without_params("/a?x=1&access_token=t&y=2", &["access_token"]),
             "/a?x=1&y=2"
         );
         assert_eq!(
-            path_without_params("/a?access_token=t", &["access_token".into()]),
+            path_without_params("/a?access_token=t", &["access_token"]),
             "/a"
         );
         assert_eq!(
-            path_without_params("/a?access%5Ftoken=t", &["access_token".into()]),
+            path_without_params("/a?access%5Ftoken=t", &["access_token"]),
             "/a"
         );
         assert_eq!(
-            cookie_header_without(&["a=1; session=t", "b=2"], &["session".into()]),
+            cookie_header_without(&["a=1; session=t", "b=2"], &["session"]),
             Some("a=1; b=2".into())
         );
-        assert_eq!(
-            cookie_header_without(&["session=t"], &["session".into()]),
-            None
-        );
+        assert_eq!(cookie_header_without(&["session=t"], &["session"]), None);
     }
 
     #[test]

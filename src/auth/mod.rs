@@ -25,11 +25,13 @@ use std::rc::Rc;
 
 use cache::{TokenCache, VerifiedToken, REFUSED_TTL_S, VERIFIED_TTL_S};
 use error::AuthError;
-use extract::{extract, Extracted, Location};
+use extract::{extract, Extracted, Locations};
 use remote::{Availability, FetchReason, KeyStore};
+use smallvec::{smallvec, SmallVec};
 use verify::SignatureVerifier;
 
 use crate::config::{Config, KeySource, Requirement, RequirementKind};
+use crate::names::Names;
 use crate::request::Request;
 
 /// What one provider concluded about one request.
@@ -38,7 +40,7 @@ pub enum ProviderOutcome {
     Missing,
     Verified {
         token: Rc<VerifiedToken>,
-        locations: Vec<Location>,
+        locations: Locations,
     },
     Failed(AuthError),
     /// The decision needs keys this VM does not hold yet.
@@ -48,6 +50,8 @@ pub enum ProviderOutcome {
 /// Everything authentication reads, borrowed for one decision.
 pub struct AuthEnv<'a> {
     pub config: &'a Config,
+    /// The configuration's names, shared (`Names::of(config)`).
+    pub names: &'a Names,
     pub keys: &'a KeyStore,
     pub verifier: &'a dyn SignatureVerifier,
     pub now_ms: u64,
@@ -125,7 +129,7 @@ pub fn authenticate(
         Ok(()) => {
             let verified = Rc::new(VerifiedToken {
                 provider: provider_index,
-                subject: jws.claims.sub.clone(),
+                subject: jws.claims.sub.as_deref().map(Rc::from),
                 principal: jws
                     .claims
                     .iss
@@ -134,6 +138,7 @@ pub fn authenticate(
                     .map(|(iss, sub)| format!("{iss}/{sub}")),
                 upstream_headers: outputs::upstream_headers(
                     provider,
+                    env.names,
                     &jws.claims.all,
                     jws.payload_b64,
                 ),
@@ -161,11 +166,15 @@ pub fn authenticate(
     }
 }
 
+/// Providers by index, in the order a `requires` tree was satisfied; kept inline (a tree names
+/// a few).
+pub type Providers = SmallVec<[usize; 4]>;
+
 /// The result of a `requires` tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Satisfied by these providers (empty when `allow_missing` let a tokenless request in).
-    Satisfied(Vec<usize>),
+    Satisfied(Providers),
     Missing,
     Failed(AuthError),
     AwaitingKeys,
@@ -181,7 +190,7 @@ pub fn evaluate(
     let verdict = match &requirement.kind {
         RequirementKind::Provider(index) => match outcome(*index) {
             ProviderOutcome::Missing => Verdict::Missing,
-            ProviderOutcome::Verified { .. } => Verdict::Satisfied(vec![*index]),
+            ProviderOutcome::Verified { .. } => Verdict::Satisfied(smallvec![*index]),
             ProviderOutcome::Failed(error) => Verdict::Failed(error),
             ProviderOutcome::AwaitingKeys(_) => Verdict::AwaitingKeys,
         },
@@ -208,13 +217,13 @@ pub fn evaluate(
             }
         }
         RequirementKind::All(children) => {
-            let mut providers = Vec::new();
+            let mut providers = Providers::new();
             let mut awaiting = false;
             let mut missing = false;
             let mut failed = None;
             for child in children {
                 match evaluate(child, outcome) {
-                    Verdict::Satisfied(mut more) => providers.append(&mut more),
+                    Verdict::Satisfied(more) => providers.extend(more),
                     Verdict::AwaitingKeys => awaiting = true,
                     Verdict::Missing => missing = true,
                     Verdict::Failed(error) => {
@@ -232,7 +241,7 @@ pub fn evaluate(
         }
     };
     match verdict {
-        Verdict::Missing if requirement.allow_missing => Verdict::Satisfied(Vec::new()),
+        Verdict::Missing if requirement.allow_missing => Verdict::Satisfied(Providers::new()),
         other => other,
     }
 }

@@ -1,25 +1,35 @@
 //! What a verified token puts on the upstream request: claims as headers (`claim_to_headers`)
 //! and the payload (`forward_payload_header`).
 
+use std::borrow::Cow;
+use std::rc::Rc;
+
 use serde_json::{Map, Value};
 
 use crate::config::Provider;
+use crate::names::Names;
 
 /// A claim rendered as a header value an application can use as it stands (README, "Claims
 /// become headers"; deliberately not Envoy jwt_authn's `%f` numbers and base64 arrays): strings
 /// as they are, numbers and booleans as JSON, arrays of strings joined by `,`. Anything else
 /// (objects, mixed arrays, values with control characters) gives no header.
-pub fn claim_header_value(claims: &Map<String, Value>, claim_name: &str) -> Option<String> {
+/// A string claim is borrowed.
+pub fn claim_header_value<'c>(
+    claims: &'c Map<String, Value>,
+    claim_name: &str,
+) -> Option<Cow<'c, str>> {
     let value = lookup(claims, claim_name)?;
     let rendered = match value {
-        Value::String(text) => text.clone(),
-        Value::Number(number) => number.to_string(),
-        Value::Bool(flag) => flag.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str())
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
+        Value::String(text) => Cow::Borrowed(text.as_str()),
+        Value::Number(number) => Cow::Owned(number.to_string()),
+        Value::Bool(flag) => Cow::Borrowed(if *flag { "true" } else { "false" }),
+        Value::Array(items) => Cow::Owned(
+            items
+                .iter()
+                .map(|item| item.as_str())
+                .collect::<Option<Vec<_>>>()?
+                .join(","),
+        ),
         Value::Null | Value::Object(_) => return None,
     };
     let safe = rendered
@@ -41,22 +51,23 @@ fn lookup<'c>(claims: &'c Map<String, Value>, name: &str) -> Option<&'c Value> {
     Some(current)
 }
 
-/// The headers a verified token adds upstream for `provider`.
+/// The headers a verified token adds upstream for `provider` (names shared from `names`).
 pub fn upstream_headers(
     provider: &Provider,
+    names: &Names,
     claims: &Map<String, Value>,
     payload_b64: &str,
-) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = provider
+) -> Vec<(Rc<str>, Rc<str>)> {
+    let mut headers: Vec<(Rc<str>, Rc<str>)> = provider
         .claim_to_headers
         .iter()
         .filter_map(|mapping| {
             claim_header_value(claims, &mapping.claim_name)
-                .map(|value| (mapping.header_name.clone(), value))
+                .map(|value| (names.header(&mapping.header_name), Rc::from(value)))
         })
         .collect();
     if let Some(header) = &provider.forward_payload_header {
-        headers.push((header.clone(), payload_b64.to_owned()));
+        headers.push((names.header(header), Rc::from(payload_b64)));
     }
     headers
 }

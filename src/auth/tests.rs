@@ -1,6 +1,7 @@
 //! Authentication decided end to end in the core: real tokens, real keys, the pipeline's
 //! verdicts. (Integration tests repeat the important ones inside real Envoy.)
 
+use crate::names::Names;
 use std::cell::Cell;
 
 use serde_json::json;
@@ -59,7 +60,7 @@ fn default_rules() -> serde_json::Value {
     ])
 }
 
-fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+fn request(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
     Request::get(path, headers)
 }
 
@@ -69,8 +70,10 @@ fn bearer(token: &str) -> String {
 
 fn run(config: &Config, req: &Request) -> Decision {
     let keys = KeyStore::new(config);
+    let names = Names::of(config);
     let env = AuthEnv {
         config,
+        names: &names,
         keys: &keys,
         verifier: &PortableVerifier,
         now_ms: NOW_MS,
@@ -157,12 +160,9 @@ fn allowed_requests_get_claim_headers_and_lose_the_token() {
     let Decision::Allow(allowed) = decision else {
         panic!("{decision:?}")
     };
-    assert!(allowed
-        .mutations
-        .remove
-        .contains(&"authorization".to_string()));
+    assert!(allowed.mutations.remove.contains(&"authorization".into()));
     // x-user is replaced (set), which drops the spoofed value without a separate removal.
-    assert!(!allowed.mutations.remove.contains(&"x-user".to_string()));
+    assert!(!allowed.mutations.remove.contains(&"x-user".into()));
     assert!(allowed
         .mutations
         .set
@@ -189,10 +189,7 @@ fn forward_true_keeps_the_token() {
     ) else {
         panic!()
     };
-    assert!(!allowed
-        .mutations
-        .remove
-        .contains(&"authorization".to_string()));
+    assert!(!allowed.mutations.remove.contains(&"authorization".into()));
 }
 
 #[test]
@@ -205,7 +202,7 @@ fn underscore_twins_of_written_headers_are_removed_too() {
     };
     for header in ["x-user", "x_user", "x_jwt-payload"] {
         assert!(
-            allowed.mutations.remove.contains(&header.to_string()),
+            allowed.mutations.remove.contains(&header.into()),
             "{header}"
         );
     }
@@ -220,10 +217,18 @@ fn spoofed_output_headers_are_removed_even_on_unauthenticated_rules() {
     ) else {
         panic!()
     };
-    assert_eq!(allowed.mutations.remove, config.output_headers);
+    assert_eq!(
+        allowed
+            .mutations
+            .remove
+            .iter()
+            .map(|name| name.to_string())
+            .collect::<Vec<_>>(),
+        config.output_headers
+    );
     for header in ["x-user", "x-roles", "x-jwt-payload"] {
         assert!(
-            allowed.mutations.remove.contains(&header.to_string()),
+            allowed.mutations.remove.contains(&header.into()),
             "{header}"
         );
     }
@@ -548,8 +553,10 @@ fn verified_and_refused_tokens_are_checked_once_then_served_from_cache() {
     let verifier = CountingVerifier {
         calls: Cell::new(0),
     };
+    let names = Names::of(&config);
     let env = AuthEnv {
         config: &config,
+        names: &names,
         keys: &keys,
         verifier: &verifier,
         now_ms: NOW_MS,
@@ -594,8 +601,10 @@ fn a_cached_token_still_expires_on_time() {
     let token = bearer(&hs_token(
         json!({"iss": "https://idp.test", "aud": "orders", "exp": now + 10}),
     ));
+    let names = Names::of(&config);
     let at = |now_ms| AuthEnv {
         config: &config,
+        names: &names,
         keys: &keys,
         verifier: &PortableVerifier,
         now_ms,
@@ -633,9 +642,11 @@ fn remote_keys_pending_pause_and_failure_without_keys_is_503() {
     let mut keys = KeyStore::new(&config);
     let token = bearer(&es256_token("ec1", valid_claims()));
     let req = request("/x", &[("authorization", &token)]);
+    let names = Names::of(&config);
     let decide_now = |keys: &KeyStore, now_ms| {
         let env = AuthEnv {
             config: &config,
+            names: &names,
             keys,
             verifier: &PortableVerifier,
             now_ms,
@@ -678,9 +689,11 @@ fn unknown_kid_asks_for_one_early_refetch_then_401() {
         .unwrap();
     let token = bearer(&es256_token("rotated", valid_claims()));
     let req = request("/x", &[("authorization", &token)]);
+    let names = Names::of(&config);
     let decide_now = |keys: &KeyStore, now_ms| {
         let env = AuthEnv {
             config: &config,
+            names: &names,
             keys,
             verifier: &PortableVerifier,
             now_ms,

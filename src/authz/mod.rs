@@ -124,7 +124,7 @@ pub struct Authorization {
 /// Everything conditions read, borrowed for one decision.
 pub struct Facts<'a> {
     /// The request, with the connection facts the host read for it (peer, addresses, port).
-    pub request: &'a Request,
+    pub request: &'a Request<'a>,
     pub tokens: &'a [Rc<VerifiedToken>],
     pub providers: &'a [Provider],
 }

@@ -136,11 +136,11 @@ fn scene() -> impl Strategy<Value = Scene> {
 }
 
 impl Scene {
-    fn request(&self) -> Request {
+    fn request(&self) -> Request<'static> {
         let headers = self
             .tenant
             .iter()
-            .map(|t| ("x-t".to_owned(), (*t).to_owned()))
+            .map(|t| ("x-t".into(), (*t).to_owned().into()))
             .collect();
         let mut request = Request::new("GET", self.path, "svc", headers);
         request.peer = self.namespace.and_then(|ns| {

@@ -1,7 +1,9 @@
 //! Authorization decided end to end in the core: real HS256 tokens verified by the pipeline,
 //! then deny, audit and allow rules, dry runs, and the replies users see.
 
+use crate::names::Names;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 use super::peer::PeerIdentity;
 use crate::auth::cache::TokenCache;
@@ -81,14 +83,14 @@ impl Call {
         self
     }
 
-    fn request(&self) -> Request {
-        let mut headers: Vec<(String, String)> = self
+    fn request(&self) -> Request<'_> {
+        let mut headers: Vec<(Cow<str>, Cow<str>)> = self
             .headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (n.to_string().into(), v.to_string().into()))
             .collect();
         if let Some(token) = &self.token {
-            headers.push(("authorization".into(), format!("Bearer {token}")));
+            headers.push(("authorization".into(), format!("Bearer {token}").into()));
         }
         let mut request = Request::new(self.method, self.path, self.authority, headers);
         request.peer = self.peer.and_then(PeerIdentity::from_uri_san);
@@ -101,8 +103,10 @@ impl Call {
 
 fn run(config: &Config, call: &Call) -> Decision {
     let keys = KeyStore::new(config);
+    let names = Names::of(config);
     let env = AuthEnv {
         config,
+        names: &names,
         keys: &keys,
         verifier: &PortableVerifier,
         now_ms: NOW_S * 1000,

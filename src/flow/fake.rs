@@ -109,7 +109,7 @@ impl FakeVm {
     }
 
     /// A request for stream `stream` that will be decided as `plan`.
-    pub fn request(&mut self, stream: u32, plan: Plan) -> Request {
+    pub fn request(&mut self, stream: u32, plan: Plan) -> Request<'static> {
         let path = format!("/{stream}");
         self.plans.insert(path.clone(), plan);
         Request::get(&path, &[])
@@ -155,8 +155,8 @@ impl FakeVm {
         let allowed = Allowed {
             rule: None,
             mutations: Default::default(),
-            identities: Vec::new(),
-            limits: Vec::new(),
+            identities: Default::default(),
+            limits: Default::default(),
             authz: None,
         };
         match plan {
@@ -164,14 +164,14 @@ impl FakeVm {
             Plan::Deny => Decision::Deny {
                 rule: None,
                 reply: reply::no_rule_matches(),
-                limits: Vec::new(),
+                limits: Default::default(),
             },
             Plan::Delay { wait_ms } => {
                 let reserved = self.reserve(path, *wait_ms);
                 Decision::Delay {
                     wait_ms: *wait_ms,
                     allowed: Allowed {
-                        limits: vec![reserved],
+                        limits: smallvec::smallvec![reserved],
                         ..allowed
                     },
                 }
@@ -180,9 +180,9 @@ impl FakeVm {
                 let local = match reserve_ms {
                     Some(wait_ms) => ratelimit::Verdict::Delayed {
                         wait_ms: *wait_ms,
-                        outcomes: vec![self.reserve(path, *wait_ms)],
+                        outcomes: smallvec::smallvec![self.reserve(path, *wait_ms)],
                     },
-                    None => ratelimit::Verdict::Allowed(Vec::new()),
+                    None => ratelimit::Verdict::Allowed(Default::default()),
                 };
                 let checks = (0..*checks)
                     .map(|policy| GlobalCheck {
@@ -193,11 +193,11 @@ impl FakeVm {
                         key: String::new(),
                     })
                     .collect();
-                Decision::CheckGlobal(PendingGlobal {
+                Decision::CheckGlobal(Box::new(PendingGlobal {
                     checks,
                     local,
                     allowed,
-                })
+                }))
             }
             Plan::Keys {
                 provider,
@@ -215,7 +215,7 @@ impl FakeVm {
                         reply: reply::token_refused(AuthError::KeysUnavailable {
                             retry_after_s: 1,
                         }),
-                        limits: Vec::new(),
+                        limits: Default::default(),
                     },
                     None => Decision::AwaitKeys(vec![(*provider, FetchReason::FirstKeys)]),
                     Some(_)
@@ -226,7 +226,7 @@ impl FakeVm {
                     Some(_) => Decision::Deny {
                         rule: None,
                         reply: reply::token_refused(AuthError::UnknownKid),
-                        limits: Vec::new(),
+                        limits: Default::default(),
                     },
                 }
             }
@@ -252,7 +252,7 @@ impl FakeVm {
 
 impl Vm for FakeVm {
     fn decide(&mut self, request: &Request, now_ms: u64) -> Decision {
-        let plan = self.plans.get(&request.path).cloned();
+        let plan = self.plans.get(request.path.as_ref()).cloned();
         let plan = plan.unwrap_or_else(|| panic!("no plan for {}", request.path));
         self.decide_plan(&request.path, &plan, now_ms)
     }
@@ -268,7 +268,7 @@ impl Vm for FakeVm {
             return Settled::Deny {
                 rule: None,
                 reply: reply::rate_limit_service_unavailable("global"),
-                limits: Vec::new(),
+                limits: Default::default(),
             };
         }
         match pending.local {

@@ -11,12 +11,13 @@
 use std::time::Duration;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::accesslog::Verdict;
 use crate::auth::error::AuthError;
 use crate::auth::remote::{FetchReason, LEASE_MARGIN_MS};
 use crate::pipeline::{Decision, Mutations, Next, PendingGlobal, Settled};
-use crate::ratelimit::{GlobalAnswer, GlobalCheck, PolicyOutcome};
+use crate::ratelimit::{GlobalAnswer, GlobalCheck, Outcomes, PolicyOutcome};
 use crate::reply::{self, LocalReply};
 use crate::request::Request;
 
@@ -106,12 +107,16 @@ pub trait Vm {
     fn fetch_timeout_ms(&self, provider: usize) -> u64;
 }
 
+/// Streams to forward or answer now, in order. A new request's own outcome is usually the only
+/// one: kept inline, so a request decided at once allocates nothing for it.
+pub type StreamOutcomes = SmallVec<[(StreamId, Outcome); 1]>;
+
 /// What the adapter is to do after an event. Only a tick dispatches fetches (so the root
 /// context sends them, and their answers outlive any stream).
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
     /// Streams to forward or answer now.
-    pub outcomes: Vec<(StreamId, Outcome)>,
+    pub outcomes: StreamOutcomes,
     /// Rate-limit checks to send; each then reported with `rls_sent` or `rls_unsent`.
     pub rls_checks: Vec<(RlsCall, GlobalCheck)>,
     /// Key fetches to send; each then reported with `fetch_sent` or `fetch_ended`.
@@ -124,24 +129,34 @@ pub struct Effects {
 #[derive(Debug)]
 enum Stream {
     /// Paused until its providers' keys arrive; decided again on every tick and fetch end.
-    AwaitingKeys { request: Request, deadline_ms: u64 },
+    AwaitingKeys {
+        request: Request<'static>,
+        deadline_ms: u64,
+    },
     /// Paused until the rate-limit service answered every check; what is unanswered at the
     /// deadline counts as failed.
     AwaitingRls {
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         calls: Vec<RlsCallState>,
         deadline_ms: u64,
     },
     /// Allowed, and held until its delay-mode token is due.
     Delayed {
         due_ms: u64,
-        mutations: Mutations,
-        /// The rate-limit outcomes; the delayed ones are tokens reserved for this request.
-        reservations: Vec<PolicyOutcome>,
+        /// Boxed: few streams are held, and every entry of `streams` is as large as the largest.
+        held: Box<Held>,
         record: Record,
     },
     /// Forwarded or answered; kept for its log record and response.
     Decided(Record),
+}
+
+/// What a delayed stream holds until its turn.
+#[derive(Debug)]
+struct Held {
+    mutations: Mutations,
+    /// The rate-limit outcomes; the delayed ones are tokens reserved for this request.
+    reservations: Outcomes,
 }
 
 /// What a decided stream keeps for the rest of its life.
@@ -264,7 +279,7 @@ impl Flow {
         self.streams.insert(
             id,
             Stream::AwaitingKeys {
-                request,
+                request: request.into_owned(),
                 deadline_ms,
             },
         );
@@ -418,7 +433,7 @@ impl Flow {
                 self.forget_calls(&calls);
                 vm.release(pending.reservations());
             }
-            Some(Stream::Delayed { reservations, .. }) => vm.release(&reservations),
+            Some(Stream::Delayed { held, .. }) => vm.release(&held.reservations),
             Some(Stream::AwaitingKeys { .. } | Stream::Decided(_)) | None => {}
         }
     }
@@ -469,8 +484,10 @@ impl Flow {
                 let response_headers = std::mem::take(&mut allowed.mutations.response_headers);
                 Stream::Delayed {
                     due_ms,
-                    mutations: allowed.mutations,
-                    reservations: allowed.limits,
+                    held: Box::new(Held {
+                        mutations: allowed.mutations,
+                        reservations: allowed.limits,
+                    }),
                     record: Record {
                         verdict,
                         response_headers,
@@ -492,12 +509,12 @@ impl Flow {
         &mut self,
         vm: &mut dyn Vm,
         id: StreamId,
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         now_ms: u64,
         effects: &mut Effects,
     ) {
         if pending.checks.is_empty() {
-            let settled = vm.decide_with_answers(pending, &[]);
+            let settled = vm.decide_with_answers(*pending, &[]);
             self.settle(vm, id, settled, now_ms, effects);
             return;
         }
@@ -565,7 +582,7 @@ impl Flow {
         &mut self,
         vm: &mut dyn Vm,
         id: StreamId,
-        pending: PendingGlobal,
+        pending: Box<PendingGlobal>,
         calls: &[RlsCallState],
         now_ms: u64,
         effects: &mut Effects,
@@ -578,7 +595,7 @@ impl Flow {
                 RlsCallState::Sending | RlsCallState::Sent { .. } => GlobalAnswer::Failed,
             })
             .collect();
-        let settled = vm.decide_with_answers(pending, &answers);
+        let settled = vm.decide_with_answers(*pending, &answers);
         self.settle(vm, id, settled, now_ms, effects);
     }
 
@@ -693,11 +710,10 @@ impl Flow {
             .collect();
         due.sort_unstable();
         for (_, id) in due {
-            if let Some(Stream::Delayed {
-                mutations, record, ..
-            }) = self.streams.remove(&id)
-            {
-                effects.outcomes.push((id, Outcome::Forward(mutations)));
+            if let Some(Stream::Delayed { held, record, .. }) = self.streams.remove(&id) {
+                effects
+                    .outcomes
+                    .push((id, Outcome::Forward(held.mutations)));
                 self.streams.insert(id, Stream::Decided(record));
             }
         }

@@ -110,7 +110,7 @@ fn sent(flow: &mut Flow, effects: &Effects, first_token: u32) {
 fn a_request_allowed_at_once_is_forwarded_and_keeps_its_verdict() {
     let mut w = Worker::new();
     let effects = w.request(1, Plan::Allow);
-    assert_eq!(effects.outcomes, vec![forward(1)]);
+    assert_eq!(effects.outcomes.to_vec(), vec![forward(1)]);
     assert_eq!(effects.tick, None, "nothing waits: the tick is left alone");
     assert_eq!(
         w.flow.verdict(StreamId(1)).map(|v| v.decision),
@@ -140,7 +140,10 @@ fn a_delayed_request_is_held_until_its_token_is_due() {
     assert_eq!(effects.tick, Some(Duration::from_millis(300)));
     assert!(w.flow.verdict(StreamId(1)).is_some(), "decided, only held");
     assert!(w.tick_at(START_MS + 299).outcomes.is_empty());
-    assert_eq!(w.tick_at(START_MS + 300).outcomes, vec![forward(1)]);
+    assert_eq!(
+        w.tick_at(START_MS + 300).outcomes.to_vec(),
+        vec![forward(1)]
+    );
     assert_eq!(w.reservation(1), Some(Reservation::Held), "forwarded on it");
 }
 
@@ -157,7 +160,7 @@ fn a_later_wait_never_puts_off_a_sooner_tick() {
         Some(Duration::from_millis(100))
     );
     let effects = w.tick_at(START_MS + 100);
-    assert_eq!(effects.outcomes, vec![forward(3)]);
+    assert_eq!(effects.outcomes.to_vec(), vec![forward(3)]);
     assert_eq!(effects.tick, Some(Duration::from_millis(200)));
 }
 
@@ -180,7 +183,7 @@ fn a_request_for_the_rate_limit_service_sends_its_checks_and_goes_on_with_the_an
     sent(&mut w.flow, &effects, 10);
     assert!(w.flow.awaits_rls_answer(10) && w.flow.awaits_rls_answer(11));
     assert!(w.answer(10, false).outcomes.is_empty(), "one answer of two");
-    assert_eq!(w.answer(11, false).outcomes, vec![forward(1)]);
+    assert_eq!(w.answer(11, false).outcomes.to_vec(), vec![forward(1)]);
     assert!(!w.flow.awaits_rls_answer(11));
 }
 
@@ -215,7 +218,10 @@ fn answers_with_a_reserved_token_hold_the_request_until_it_is_due() {
     let effects = w.answer(10, false);
     assert!(effects.outcomes.is_empty());
     assert_eq!(effects.tick, Some(Duration::from_millis(200)));
-    assert_eq!(w.tick_at(START_MS + 250).outcomes, vec![forward(1)]);
+    assert_eq!(
+        w.tick_at(START_MS + 250).outcomes.to_vec(),
+        vec![forward(1)]
+    );
 }
 
 #[test]
@@ -235,7 +241,11 @@ fn a_check_that_cannot_be_sent_counts_as_failed_at_once() {
         .outcomes
         .is_empty());
     let effects = w.flow.rls_unsent(&mut w.vm, second, w.now);
-    assert_eq!(effects.outcomes, vec![forward(1)], "failure_mode_deny off");
+    assert_eq!(
+        effects.outcomes.to_vec(),
+        vec![forward(1)],
+        "failure_mode_deny off"
+    );
 }
 
 #[test]
@@ -254,7 +264,7 @@ fn an_answer_never_delivered_counts_as_failed_at_the_deadline() {
         .outcomes
         .is_empty());
     assert_eq!(
-        w.tick_at(START_MS + RLS_DEADLINE_MS).outcomes,
+        w.tick_at(START_MS + RLS_DEADLINE_MS).outcomes.to_vec(),
         vec![forward(1)]
     );
     assert!(!w.flow.awaits_rls_answer(10));
@@ -274,7 +284,7 @@ fn a_request_needing_keys_queues_one_fetch_for_the_tick_and_goes_on_when_they_ar
     w.dispatch_fetch(7);
     assert_eq!(w.flow.fetch_of(7), Some(PROVIDER));
     let effects = w.fetch_ended(FetchEnd::Fetched);
-    assert_eq!(effects.outcomes, vec![forward(1), forward(2)]);
+    assert_eq!(effects.outcomes.to_vec(), vec![forward(1), forward(2)]);
     assert_eq!(w.vm.given_back, vec![(PROVIDER, FetchEnd::Fetched)]);
     assert_eq!(w.flow.fetch_of(7), None);
     assert!(!w.vm.shared.borrow().leases[PROVIDER].busy(w.now));
@@ -341,7 +351,7 @@ fn a_request_waits_for_another_workers_fetch_and_adopts_its_keys_on_a_tick() {
     a.dispatch_fetch(7);
     a.fetch_ended(FetchEnd::Fetched);
     b.vm.adopt_shared_keys(PROVIDER); // the adapter's tick reads shared data first
-    assert_eq!(b.tick_at(START_MS + 11).outcomes, vec![forward(1)]);
+    assert_eq!(b.tick_at(START_MS + 11).outcomes.to_vec(), vec![forward(1)]);
 }
 
 #[test]
@@ -381,7 +391,7 @@ fn an_unknown_kid_waits_for_a_refetch_under_way_and_is_then_known() {
     // Another request with the new kid waits for the same refetch.
     assert!(w.request(3, rotated).outcomes.is_empty());
     assert_eq!(
-        w.fetch_ended(FetchEnd::Fetched).outcomes,
+        w.fetch_ended(FetchEnd::Fetched).outcomes.to_vec(),
         vec![forward(2), forward(3)]
     );
 }

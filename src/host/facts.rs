@@ -15,7 +15,7 @@ use crate::authz::peer::PeerIdentity;
 use crate::config::{Config, RequestReads};
 use crate::headermap;
 use crate::ratelimit::key::ip_of_address;
-use crate::request::{text_of, Request};
+use crate::request::{text_of_cow, Request};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -84,13 +84,26 @@ fn source_address() -> Option<String> {
 /// name (the underscore twins of written headers). Envoy joins a repeated `Authorization`
 /// itself, but hands a filter asking by name only the first of other repeated headers; two
 /// different tokens must be refused, never one of them picked.
-enum Headers {
+pub enum Headers {
     EachByName,
     /// The serialized map: values are borrowed from it, never copied per header.
     Map(Vec<u8>),
 }
 
 impl Headers {
+    /// How `config` needs the request headers read: the map is read here when it does.
+    pub fn for_request(config: &Config) -> Headers {
+        let reads = &config.reads;
+        if config.access_log.enabled
+            || !reads.headers.is_empty()
+            || !config.output_headers.is_empty()
+        {
+            Headers::Map(header_map(MapType::HttpRequestHeaders))
+        } else {
+            Headers::EachByName
+        }
+    }
+
     /// The first value, as `get_map_value_bytes` gives it.
     fn get(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         match self {
@@ -102,14 +115,17 @@ impl Headers {
     }
 
     /// Every value of a header, in the order the client sent them.
-    fn all(&self, name: &str) -> Vec<Cow<'_, [u8]>> {
-        match self {
-            Headers::EachByName => request_header(name).map(Cow::Owned).into_iter().collect(),
-            Headers::Map(map) => headermap::pairs(map)
-                .filter(|(n, _)| *n == name.as_bytes())
-                .map(|(_, v)| Cow::Borrowed(v))
-                .collect(),
-        }
+    fn all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = Cow<'h, [u8]>> + 'h {
+        let (one, map) = match self {
+            Headers::EachByName => (request_header(name).map(Cow::Owned), None),
+            Headers::Map(map) => (None, Some(headermap::pairs(map))),
+        };
+        one.into_iter().chain(
+            map.into_iter()
+                .flatten()
+                .filter(move |(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| Cow::Borrowed(v)),
+        )
     }
 
     /// Names on the request that are a header meshguard writes with `_` for `-` (`x_user` for
@@ -138,15 +154,15 @@ impl Headers {
 /// The request, as the decision needs it, and (when the access log is on) the request's side of
 /// the log record, read before meshguard changes any header. Values meshguard decides on are
 /// taken as text with bytes that are not UTF-8 replaced (U+FFFD: such a token is malformed, such
-/// a header equals no configured value); the log shows them escaped (`\xe9`).
-pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<accesslog::Exchange>) {
+/// a header equals no configured value); the log shows them escaped (`\xe9`). The request
+/// borrows its text from `headers` (as `Headers::for_request` read them) and names from `config`.
+pub fn gather_request<'a>(
+    config: &'a Config,
+    headers: &'a Headers,
+    start_ms: u64,
+) -> (Request<'a>, Option<accesslog::Exchange>) {
     let reads: &RequestReads = &config.reads;
     let logging = config.access_log.enabled;
-    let headers = if logging || !reads.headers.is_empty() || !config.output_headers.is_empty() {
-        Headers::Map(header_map(MapType::HttpRequestHeaders))
-    } else {
-        Headers::EachByName
-    };
     let client_address = (reads.client_ip || reads.remote_ip || reads.direct_ip || logging)
         .then(source_address)
         .flatten();
@@ -208,16 +224,14 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
             .then_some(client_address)
             .flatten()
             .map(|address| ip_of_address(&address).to_owned()),
-        method: if reads.method {
-            method.as_deref().map(text_of).unwrap_or_default()
-        } else {
-            String::new()
+        method: match method {
+            Some(method) if reads.method => text_of_cow(method),
+            _ => Cow::Borrowed(""),
         },
-        path: text_of(&path),
-        authority: if reads.authority {
-            authority.as_deref().map(text_of).unwrap_or_default()
-        } else {
-            String::new()
+        path: text_of_cow(path),
+        authority: match authority {
+            Some(authority) if reads.authority => text_of_cow(authority),
+            _ => Cow::Borrowed(""),
         },
         headers: reads
             .headers
@@ -225,8 +239,7 @@ pub fn gather_request(config: &Config, start_ms: u64) -> (Request, Option<access
             .flat_map(|name| {
                 headers
                     .all(name)
-                    .into_iter()
-                    .map(move |value| (name.clone(), text_of(&value)))
+                    .map(move |value| (Cow::Borrowed(name.as_str()), text_of_cow(value)))
             })
             .collect(),
         underscore_twins: headers.underscore_twins(&config.output_headers),

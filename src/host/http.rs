@@ -10,12 +10,14 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::facts::{finish_exchange, gather_request};
+use super::facts::{finish_exchange, gather_request, Headers};
 use super::jwks;
+use super::metrics::Counter;
 use super::state::{now_ms, VmState};
 use crate::accesslog;
-use crate::flow::{Effects, FetchEnd, Outcome, StreamId};
-use crate::ratelimit::{rls, GlobalAnswer};
+use crate::auth::remote::FetchReason;
+use crate::flow::{Effects, FetchEnd, Outcome, RlsCall, StreamId};
+use crate::ratelimit::{rls, GlobalAnswer, GlobalCheck};
 use crate::reply;
 
 /// Carries out an outcome on the current (effective) context; `resume` a paused stream. Called
@@ -57,6 +59,9 @@ pub fn carry_out(outcome: &Outcome, resume: bool) -> Action {
 /// asks for (reporting each back, which may bring more effects), sets the tick, and forwards or
 /// answers streams, resuming them, then restores `current`. The outcome of `opening`, the
 /// stream whose request headers are being handled, is returned for the caller instead.
+///
+/// A request decided at once brings only its own outcome: then nothing here allocates (the
+/// outcomes are inline, and the queue is used only when a call brings more effects).
 pub fn perform(
     state: &Rc<RefCell<VmState>>,
     effects: Effects,
@@ -72,51 +77,24 @@ pub fn perform(
             flow.wake_by(end_ms, now_ms, &mut effects);
         }
     }
+    set_tick(&effects);
+    let Effects {
+        mut outcomes,
+        rls_checks,
+        fetches,
+        ..
+    } = effects;
     let mut queue = VecDeque::new();
-    receive(effects, &mut queue);
-    let mut outcomes = Vec::new();
+    send_calls(state, fetches, rls_checks, &mut queue, now_ms);
     while let Some(effects) = queue.pop_front() {
         outcomes.extend(effects.outcomes);
-        for (provider, reason) in effects.fetches {
-            let Ok(mut st) = state.try_borrow_mut() else {
-                continue; // the fetch's deadline ends it
-            };
-            let VmState { flow, vm } = &mut *st;
-            match jwks::dispatch(vm, provider, reason) {
-                Some(token) => flow.fetch_sent(provider, token),
-                None => receive(
-                    flow.fetch_ended(vm, provider, FetchEnd::Failed, now_ms),
-                    &mut queue,
-                ),
-            }
-        }
-        for (call, check) in effects.rls_checks {
-            let Ok(mut st) = state.try_borrow_mut() else {
-                continue; // the stream's deadline ends its wait
-            };
-            let VmState { flow, vm } = &mut *st;
-            match hostcalls::dispatch_grpc_call(
-                &check.cluster,
-                rls::SERVICE,
-                rls::METHOD,
-                vec![],
-                Some(&check.message),
-                check.timeout,
-            ) {
-                Ok(token) => {
-                    vm.metrics.increment("meshguard_rls_calls_total");
-                    flow.rls_sent(call, token);
-                }
-                Err(status) => {
-                    warn!(
-                        "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
-                        check.cluster
-                    );
-                    vm.metrics.increment("meshguard_rls_errors_total");
-                    receive(flow.rls_unsent(vm, call, now_ms), &mut queue);
-                }
-            }
-        }
+        send_calls(
+            state,
+            effects.fetches,
+            effects.rls_checks,
+            &mut queue,
+            now_ms,
+        );
     }
     let mut own = None;
     let mut switched = false;
@@ -134,11 +112,67 @@ pub fn perform(
     own
 }
 
+/// Sends the key fetches and rate-limit checks the flow asked for, reporting each back; what
+/// that brings goes to `queue`.
+fn send_calls(
+    state: &Rc<RefCell<VmState>>,
+    fetches: Vec<(usize, FetchReason)>,
+    rls_checks: Vec<(RlsCall, GlobalCheck)>,
+    queue: &mut VecDeque<Effects>,
+    now_ms: u64,
+) {
+    for (provider, reason) in fetches {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            continue; // the fetch's deadline ends it
+        };
+        let VmState { flow, vm } = &mut *st;
+        match jwks::dispatch(vm, provider, reason) {
+            Some(token) => flow.fetch_sent(provider, token),
+            None => receive(
+                flow.fetch_ended(vm, provider, FetchEnd::Failed, now_ms),
+                queue,
+            ),
+        }
+    }
+    for (call, check) in rls_checks {
+        let Ok(mut st) = state.try_borrow_mut() else {
+            continue; // the stream's deadline ends its wait
+        };
+        let VmState { flow, vm } = &mut *st;
+        match hostcalls::dispatch_grpc_call(
+            &check.cluster,
+            rls::SERVICE,
+            rls::METHOD,
+            vec![],
+            Some(&check.message),
+            check.timeout,
+        ) {
+            Ok(token) => {
+                vm.metrics.count(Counter::RlsCalls, 1);
+                flow.rls_sent(call, token);
+            }
+            Err(status) => {
+                warn!(
+                    "rate limit service: cannot call cluster {:?} ({status:?}); is it defined?",
+                    check.cluster
+                );
+                vm.metrics.count(Counter::RlsErrors, 1);
+                receive(flow.rls_unsent(vm, call, now_ms), queue);
+            }
+        }
+    }
+}
+
 /// Sets the tick as soon as the flow asks: it asks again only for a sooner one.
-fn receive(effects: Effects, queue: &mut VecDeque<Effects>) {
+fn set_tick(effects: &Effects) {
     if let Some(period) = effects.tick {
         let _ = hostcalls::set_tick_period(period);
     }
+}
+
+/// Queues effects a call brought, setting their tick at once.
+fn receive(effects: Effects, queue: &mut VecDeque<Effects>) {
+    set_tick(&effects);
     queue.push_back(effects);
 }
 
@@ -170,7 +204,7 @@ pub fn on_grpc_response(
             GlobalAnswer::Failed
         };
         if answer == GlobalAnswer::Failed {
-            vm.metrics.increment("meshguard_rls_errors_total");
+            vm.metrics.count(Counter::RlsErrors, 1);
         }
         flow.rls_answered(vm, token, answer, now)
     };
@@ -242,7 +276,8 @@ impl HttpContext for MeshguardHttp {
         };
         // One clock read per request: the decision's "now" is the record's start.
         self.start_ms = now_ms();
-        let (request, exchange) = gather_request(&config, self.start_ms);
+        let headers = Headers::for_request(&config);
+        let (request, exchange) = gather_request(&config, &headers, self.start_ms);
         self.exchange = exchange;
         let id = StreamId(self.context_id);
         let effects = match self.state.try_borrow_mut() {

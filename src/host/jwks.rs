@@ -7,6 +7,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 
 use super::facts::header_value;
+use super::metrics::Counter;
 use super::state::HostVm;
 use crate::auth::jwks::MAX_JWKS_BYTES;
 use crate::auth::remote::{decode_record, encode_record, FetchLease, FetchReason};
@@ -129,7 +130,7 @@ pub fn dispatch(vm: &mut HostVm, provider: usize, reason: FetchReason) -> Option
                 "provider {name}: fetching JWKS from {} ({reason:?})",
                 remote.uri
             );
-            vm.metrics.increment("meshguard_jwks_fetches_total");
+            vm.metrics.count(Counter::JwksFetches, 1);
             Some(token)
         }
         Err(status) => {
@@ -231,7 +232,7 @@ pub fn give_back_lease(vm: &mut HostVm, provider: usize, taken: Lease, end: Fetc
         warn!("provider {name}: JWKS fetch unanswered past its deadline; counted failed");
     }
     if end != FetchEnd::Fetched {
-        vm.metrics.increment("meshguard_jwks_fetch_failures_total");
+        vm.metrics.count(Counter::JwksFetchFailures, 1);
     }
     let key = lease_key(&name, &remote);
     for _ in 0..LEASE_CAS_ATTEMPTS {

@@ -7,12 +7,40 @@ use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+/// The counters of fixed name, so that counting one per request hashes no name.
+#[derive(Debug, Clone, Copy)]
+pub enum Counter {
+    TokenCacheHits,
+    TokenCacheMisses,
+    RlsCalls,
+    RlsErrors,
+    JwksFetches,
+    JwksFetchFailures,
+}
+
+impl Counter {
+    const COUNT: usize = 6;
+
+    fn name(self) -> &'static str {
+        match self {
+            Counter::TokenCacheHits => "meshguard_token_cache_hits_total",
+            Counter::TokenCacheMisses => "meshguard_token_cache_misses_total",
+            Counter::RlsCalls => "meshguard_rls_calls_total",
+            Counter::RlsErrors => "meshguard_rls_errors_total",
+            Counter::JwksFetches => "meshguard_jwks_fetches_total",
+            Counter::JwksFetchFailures => "meshguard_jwks_fetch_failures_total",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
-    /// `meshguard_requests_total` ids by rule name ("" for none) and decision, so counting a
-    /// request builds no metric name.
-    request_ids: HashMap<String, Vec<(&'static str, u32)>>,
+    /// Ids of the `Counter`s, by the enum's order, once defined.
+    counter_ids: [Option<u32>; Counter::COUNT],
+    /// `meshguard_requests_total` ids by rule index (None for no rule) and decision, so
+    /// counting a request builds and hashes no metric name.
+    request_ids: HashMap<Option<usize>, Vec<(&'static str, u32)>>,
     /// Counter increments not yet handed to Envoy, by metric id.
     pending: HashMap<u32, u64>,
 }
@@ -36,6 +64,27 @@ impl Metrics {
         }
     }
 
+    /// Adds to a counter of fixed name, looking its id up by the enum.
+    pub fn count(&mut self, counter: Counter, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let known = self.counter_ids.get(counter as usize).copied().flatten();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.id(MetricType::Counter, counter.name()) else {
+                    return;
+                };
+                if let Some(slot) = self.counter_ids.get_mut(counter as usize) {
+                    *slot = Some(id);
+                }
+                id
+            }
+        };
+        self.add_to(id, count);
+    }
+
     /// Sums an increment for the next flush.
     fn add_to(&mut self, id: u32, count: u64) {
         let slot = self.pending.entry(id).or_insert(0);
@@ -49,23 +98,25 @@ impl Metrics {
         }
     }
 
-    /// Counts one request under `meshguard_requests_total{rule, decision}`.
-    pub fn count_request(&mut self, rule: Option<&str>, decision: &'static str) {
-        let key = rule.unwrap_or("");
+    /// Counts one request under `meshguard_requests_total{rule, decision}`; `rule` is the
+    /// rule's index and name.
+    pub fn count_request(&mut self, rule: Option<(usize, &str)>, decision: &'static str) {
+        let key = rule.map(|(index, _)| index);
         let known = self
             .request_ids
-            .get(key)
+            .get(&key)
             .and_then(|ids| ids.iter().find(|(d, _)| *d == decision))
             .map(|(_, id)| *id);
         let id = match known {
             Some(id) => id,
             None => {
-                let Some(id) = self.id(MetricType::Counter, &requests_metric(rule, decision))
+                let name = rule.map(|(_, name)| name);
+                let Some(id) = self.id(MetricType::Counter, &requests_metric(name, decision))
                 else {
                     return;
                 };
                 self.request_ids
-                    .entry_ref(key)
+                    .entry(key)
                     .or_default()
                     .push((decision, id));
                 id

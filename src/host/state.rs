@@ -9,13 +9,14 @@ use proxy_wasm::hostcalls;
 use super::buckets::HostBuckets;
 use super::crypto::HostVerifier;
 use super::jwks;
-use super::metrics::{rule_metric, Metrics};
+use super::metrics::{rule_metric, Counter, Metrics};
 use crate::accesslog::Verdict;
 use crate::auth::cache::TokenCache;
 use crate::auth::remote::{FetchReason, KeyStore};
 use crate::auth::AuthEnv;
 use crate::config::Config;
 use crate::flow::{FetchEnd, Flow, Lease, Vm};
+use crate::names::Names;
 use crate::pipeline::{self, decide, Decision, PendingGlobal, Settled};
 use crate::ratelimit::{self, GlobalAnswer, PolicyOutcome};
 use crate::request::Request;
@@ -28,6 +29,8 @@ pub struct VmState {
 /// The VM's side of the flow (`crate::flow::Vm`), on proxy-wasm shared data and metrics.
 pub struct HostVm {
     pub config: Rc<Config>,
+    /// The configuration's names, shared by decisions and verdicts.
+    pub names: Names,
     pub keys: KeyStore,
     pub cache: TokenCache,
     pub verifier: HostVerifier,
@@ -49,6 +52,7 @@ impl VmState {
             flow: Flow::new(now_ms),
             vm: HostVm {
                 keys: KeyStore::new(&config),
+                names: Names::of(&config),
                 config: Rc::new(config),
                 cache: TokenCache::default(),
                 verifier,
@@ -63,6 +67,7 @@ impl Vm for HostVm {
     fn decide(&mut self, request: &Request, now_ms: u64) -> Decision {
         let env = AuthEnv {
             config: &self.config,
+            names: &self.names,
             keys: &self.keys,
             verifier: &self.verifier,
             now_ms,
@@ -70,11 +75,9 @@ impl Vm for HostVm {
         let (hits, misses) = (self.cache.hits, self.cache.misses);
         let decision = decide(&env, &mut self.cache, &mut self.buckets, request);
         self.metrics
-            .add("meshguard_token_cache_hits_total", self.cache.hits - hits);
-        self.metrics.add(
-            "meshguard_token_cache_misses_total",
-            self.cache.misses - misses,
-        );
+            .count(Counter::TokenCacheHits, self.cache.hits - hits);
+        self.metrics
+            .count(Counter::TokenCacheMisses, self.cache.misses - misses);
         decision
     }
 
@@ -83,7 +86,7 @@ impl Vm for HostVm {
     }
 
     fn record(&mut self, settled: &Settled) -> Verdict {
-        let verdict = pipeline::verdict(&self.config, settled);
+        let verdict = pipeline::verdict(&self.names, settled);
         let shadow_limited = verdict
             .rate_limits
             .iter()
@@ -93,7 +96,12 @@ impl Vm for HostVm {
         } else {
             verdict.decision
         };
-        self.metrics.count_request(verdict.rule.as_deref(), counted);
+        let rule = match settled {
+            Settled::Allow(allowed) | Settled::Delay { allowed, .. } => allowed.rule,
+            Settled::Deny { rule, .. } => *rule,
+        };
+        let named = rule.zip(verdict.rule.as_deref());
+        self.metrics.count_request(named, counted);
         if let Some(authz) = &verdict.authz {
             if let ("denied", Some(rule)) = (authz.decision, &authz.rule) {
                 self.metrics

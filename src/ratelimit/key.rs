@@ -2,17 +2,27 @@
 //! (no such header, no such claim) is its own bucket `-`, never a bypass; present values are
 //! written `=value`, so a header whose value is "-" is not confused with a missing one.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::auth::outputs::claim_header_value;
 use crate::config::KeyPart;
 use crate::request::Request;
 
 pub struct KeyFacts<'a> {
-    pub request: &'a Request,
+    pub request: &'a Request<'a>,
     pub rule: &'a str,
-    /// Claims of the verified tokens, first provider first.
-    pub claims: Vec<&'a Map<String, Value>>,
+    /// Claims of the verified tokens, first provider first (one or two: kept inline).
+    pub claims: SmallVec<[&'a Map<String, Value>; 2]>,
+}
+
+/// The bytes `push_part` writes for `value`.
+fn part_len(value: Option<&str>) -> usize {
+    1 + value.map_or(0, |value| {
+        value.len() + 2 * value.bytes().filter(|b| matches!(b, b'|' | b'%')).count()
+    })
 }
 
 fn push_part(key: &mut String, value: Option<&str>) {
@@ -35,24 +45,36 @@ fn push_part(key: &mut String, value: Option<&str>) {
 }
 
 /// The value of one key part on this request; `None` when the request does not carry it.
-pub fn key_part_value(part: &KeyPart, facts: &KeyFacts) -> Option<String> {
+/// Borrowed from the request, its tokens or the configuration where it can be.
+pub fn key_part_value<'f>(part: &'f KeyPart, facts: &'f KeyFacts) -> Option<Cow<'f, str>> {
     match part {
-        KeyPart::ClientIp => facts.request.client_ip.clone(),
-        KeyPart::Header(name) => facts.request.header_combined(name),
+        KeyPart::ClientIp => facts.request.client_ip.as_deref().map(Cow::Borrowed),
+        KeyPart::Header(name) => facts.request.header_combined(name).map(Cow::Owned),
         KeyPart::Claim(name) => facts
             .claims
             .iter()
             .find_map(|claims| claim_header_value(claims, name)),
-        KeyPart::Rule => Some(facts.rule.to_owned()),
-        KeyPart::Path => Some(facts.request.path_only().to_owned()),
-        KeyPart::Const(text) => Some(text.clone()),
+        KeyPart::Rule => Some(Cow::Borrowed(facts.rule)),
+        KeyPart::Path => Some(Cow::Borrowed(facts.request.path_only())),
+        KeyPart::Const(text) => Some(Cow::Borrowed(text)),
     }
 }
 
+/// The key, in one allocation of its exact size.
 pub fn build_key(parts: &[KeyPart], facts: &KeyFacts) -> String {
-    let mut key = String::new();
-    for part in parts {
-        push_part(&mut key, key_part_value(part, facts).as_deref());
+    let values: SmallVec<[Option<Cow<str>>; 4]> = parts
+        .iter()
+        .map(|part| key_part_value(part, facts))
+        .collect();
+    let separators = values.len().saturating_sub(1);
+    let len = values
+        .iter()
+        .map(|value| part_len(value.as_deref()))
+        .sum::<usize>()
+        + separators;
+    let mut key = String::with_capacity(len);
+    for value in &values {
+        push_part(&mut key, value.as_deref());
     }
     key
 }
@@ -73,7 +95,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         let mut request = Request::new(
             "GET",
             "/api/x?q=1",
@@ -94,7 +116,7 @@ mod tests {
         let facts = KeyFacts {
             request: &request,
             rule: "api",
-            claims: vec![&claims],
+            claims: smallvec::smallvec![&claims],
         };
         let parts = vec![
             KeyPart::ClientIp,
@@ -119,7 +141,7 @@ mod tests {
         let facts = KeyFacts {
             request: &request,
             rule: "r",
-            claims: vec![],
+            claims: Default::default(),
         };
         let present = build_key(&[KeyPart::Header("x-k".into())], &facts);
         let missing = build_key(&[KeyPart::Header("x-other".into())], &facts);

@@ -14,6 +14,7 @@ pub mod store;
 use bucket::{Take, TakeMode};
 use key::{build_key, KeyFacts};
 use slots::PaidBy;
+use smallvec::SmallVec;
 pub use store::{Buckets, MemoryBuckets, MemorySlots, SharedSlots, Written};
 
 use crate::config::{Config, Limit, LimitMode, RateLimitPolicy, TokenBucket};
@@ -71,6 +72,9 @@ pub struct PolicyOutcome {
     pub quota: Option<Quota>,
 }
 
+/// What each policy of a rule decided; a rule has one or two, kept inline.
+pub type Outcomes = SmallVec<[PolicyOutcome; 2]>;
+
 /// A question for the rate-limit service, one per `service` policy of the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalCheck {
@@ -92,15 +96,12 @@ pub enum GlobalAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Every policy allowed (shadow refusals included here: they never refuse).
-    Allowed(Vec<PolicyOutcome>),
+    Allowed(Outcomes),
     /// Allowed after `wait_ms`; tokens are reserved (refund them if the request goes away).
-    Delayed {
-        wait_ms: u64,
-        outcomes: Vec<PolicyOutcome>,
-    },
+    Delayed { wait_ms: u64, outcomes: Outcomes },
     /// `refused_by` (an index into the outcomes) said no; tokens taken by the others were refunded.
     Refused {
-        outcomes: Vec<PolicyOutcome>,
+        outcomes: Outcomes,
         refused_by: usize,
     },
     /// A rate-limit service did not answer and its policy has `failure_mode_deny`.
@@ -128,7 +129,7 @@ pub fn apply(
     store: &mut dyn BucketStore,
     now_ms: u64,
 ) -> Verdict {
-    let mut outcomes: Vec<PolicyOutcome> = Vec::with_capacity(policies.len());
+    let mut outcomes = Outcomes::new();
     for &index in policies {
         let Some(policy) = config.rate_limits.get(index) else {
             continue;

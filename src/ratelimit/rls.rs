@@ -2,6 +2,8 @@
 //! ShouldRateLimit`), the messages meshguard sends and reads: one descriptor built from the
 //! policy key, and the first descriptor status of the answer.
 
+use std::borrow::Cow;
+
 use super::key::{key_part_value, KeyFacts};
 use crate::config::KeyPart;
 use crate::proto::{fields, push_bytes_field, push_varint_field, FieldValue};
@@ -23,7 +25,7 @@ pub fn descriptor_entries(parts: &[KeyPart], facts: &KeyFacts) -> Vec<(String, S
                 KeyPart::Path => "path".to_owned(),
                 KeyPart::Const(_) => "generic_key".to_owned(),
             };
-            let value = key_part_value(part, facts).unwrap_or_else(|| "-".to_owned());
+            let value = key_part_value(part, facts).map_or_else(|| "-".to_owned(), Cow::into_owned);
             (name, value)
         })
         .collect()

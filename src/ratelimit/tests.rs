@@ -1,5 +1,6 @@
 //! The rate-limit step through the whole pipeline, with buckets in memory.
 
+use crate::names::Names;
 use serde_json::json;
 
 use super::*;
@@ -69,8 +70,10 @@ impl Harness {
     fn send(&mut self, path: &str, ip: &str, headers: &[(&str, &str)], now_ms: u64) -> Decision {
         let mut request = Request::get(path, headers);
         request.client_ip = Some(ip.to_string());
+        let names = Names::of(&self.config);
         let env = AuthEnv {
             config: &self.config,
+            names: &names,
             keys: &self.keys,
             verifier: &PortableVerifier,
             now_ms,
@@ -223,7 +226,7 @@ fn a_cancelled_delayed_request_gives_its_token_back() {
 
 fn pending(decision: Decision) -> crate::pipeline::PendingGlobal {
     match decision {
-        Decision::CheckGlobal(pending) => pending,
+        Decision::CheckGlobal(pending) => *pending,
         other => panic!("expected a global check, got {other:?}"),
     }
 }
