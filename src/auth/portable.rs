@@ -2,28 +2,18 @@
 //! bytes only: header and claims were parsed once, by `jws::parse`, and judged by our own claim
 //! checks, so no algorithm may see (or refuse) more of the token than another.
 //!
-//! The primitives are the ones jwt-simple's `pure-rust` feature is built on, at the same
-//! versions: `rsa` (PKCS #1 v1.5 and PSS), `p256`/`p384` (ECDSA), `ed25519-compact` and the
-//! `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA and ECDSA.
+//! The primitives: `rsa_verify` (RSA, on crypto-bigint), `p256`/`p384` (ECDSA),
+//! `ed25519-compact` and the `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA and
+//! ECDSA.
 
 use hmac_sha256::Hash as Sha256;
 use hmac_sha512::sha384::Hash as Sha384;
-use hmac_sha512::Hash as Sha512;
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-use rsa::pkcs8::AssociatedOid;
-use rsa::signature::digest::{Digest, FixedOutputReset};
-use rsa::signature::DigestVerifier as _;
-use rsa::{pkcs1v15, pss, BigUint, RsaPublicKey};
 
 use super::alg::{Algorithm, Curve, KeyFamily};
 use super::jwks::KeyMaterial;
-
-/// RSA moduli accepted: RFC 7518 §3.3's floor, and a ceiling that bounds what one token can
-/// cost to check.
-pub const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
-
-/// The only RSA public exponent accepted: what IdPs use, and all jwt-simple accepted before.
-pub const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+use super::rsa_verify::{pkcs1v15_verifies, pss_verifies, Sha2};
+pub use super::rsa_verify::{RsaKeyRefusal, RsaPublicKey, RSA_EXPONENT, RSA_MODULUS_BITS};
 
 /// Whether `signature` is `alg`'s signature of `signing_input` under `key`. A key of another
 /// kind than `alg` needs, or one outside what a JWKS load accepts, never verifies.
@@ -59,44 +49,9 @@ pub fn verifies(alg: Algorithm, key: &KeyMaterial, signing_input: &[u8], signatu
     }
 }
 
-/// Why an RSA key is refused, for the operator's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RsaKeyRefusal {
-    ModulusSize(usize),
-    Exponent,
-    Invalid(String),
-}
-
-impl std::fmt::Display for RsaKeyRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RsaKeyRefusal::ModulusSize(bits) => write!(
-                f,
-                "RSA modulus is {bits} bits; {} to {} are accepted",
-                RSA_MODULUS_BITS.start(),
-                RSA_MODULUS_BITS.end()
-            ),
-            RsaKeyRefusal::Exponent => f.write_str("RSA exponent is not 65537"),
-            RsaKeyRefusal::Invalid(err) => write!(f, "RSA key refused: {err}"),
-        }
-    }
-}
-
 /// An RSA public key from its big-endian modulus and exponent, if meshguard accepts it.
 pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal> {
-    let n = strip_leading_zeros(n);
-    // `n` now has no leading zero byte, so its first byte has at most 7 leading zero bits.
-    let bits = n
-        .first()
-        .map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
-    if !RSA_MODULUS_BITS.contains(&bits) {
-        return Err(RsaKeyRefusal::ModulusSize(bits));
-    }
-    if strip_leading_zeros(e) != RSA_EXPONENT {
-        return Err(RsaKeyRefusal::Exponent);
-    }
-    RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
-        .map_err(|err| RsaKeyRefusal::Invalid(err.to_string()))
+    RsaPublicKey::new(n, e)
 }
 
 /// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
@@ -113,51 +68,18 @@ pub fn ed25519_key_accepted(public: &[u8]) -> bool {
     ed25519_compact::PublicKey::from_slice(public).is_ok_and(|key| key.validate().is_ok())
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or(&[])
-}
-
+/// RS* are RSASSA-PKCS1-v1_5 (RFC 7518 §3.3), PS* RSASSA-PSS with MGF1 of the same hash and a
+/// salt as long as the hash (§3.5). The signature must be exactly as long as the modulus.
 fn rsa_verifies(alg: Algorithm, key: RsaPublicKey, input: &[u8], signature: &[u8]) -> bool {
     match alg {
-        Algorithm::RS256 => pkcs1v15_verifies::<Sha256>(key, input, signature),
-        Algorithm::RS384 => pkcs1v15_verifies::<Sha384>(key, input, signature),
-        Algorithm::RS512 => pkcs1v15_verifies::<Sha512>(key, input, signature),
-        Algorithm::PS256 => pss_verifies::<Sha256>(key, input, signature),
-        Algorithm::PS384 => pss_verifies::<Sha384>(key, input, signature),
-        Algorithm::PS512 => pss_verifies::<Sha512>(key, input, signature),
+        Algorithm::RS256 => pkcs1v15_verifies(&key, Sha2::Sha256, input, signature),
+        Algorithm::RS384 => pkcs1v15_verifies(&key, Sha2::Sha384, input, signature),
+        Algorithm::RS512 => pkcs1v15_verifies(&key, Sha2::Sha512, input, signature),
+        Algorithm::PS256 => pss_verifies(&key, Sha2::Sha256, input, signature),
+        Algorithm::PS384 => pss_verifies(&key, Sha2::Sha384, input, signature),
+        Algorithm::PS512 => pss_verifies(&key, Sha2::Sha512, input, signature),
         _ => false,
     }
-}
-
-/// RSASSA-PKCS1-v1_5 (RS256/384/512, RFC 7518 §3.3). The signature must be exactly as long as
-/// the modulus.
-fn pkcs1v15_verifies<D: Digest + AssociatedOid>(
-    key: RsaPublicKey,
-    input: &[u8],
-    signature: &[u8],
-) -> bool {
-    let Ok(signature) = pkcs1v15::Signature::try_from(signature) else {
-        return false;
-    };
-    pkcs1v15::VerifyingKey::<D>::new(key)
-        .verify_digest(D::new_with_prefix(input), &signature)
-        .is_ok()
-}
-
-/// RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash (PS256/384/512,
-/// RFC 7518 §3.5); `VerifyingKey::new` requires exactly that salt length.
-fn pss_verifies<D: Digest + FixedOutputReset>(
-    key: RsaPublicKey,
-    input: &[u8],
-    signature: &[u8],
-) -> bool {
-    let Ok(signature) = pss::Signature::try_from(signature) else {
-        return false;
-    };
-    pss::VerifyingKey::<D>::new(key)
-        .verify_digest(D::new_with_prefix(input), &signature)
-        .is_ok()
 }
 
 /// ECDSA P-256 with SHA-256 (ES256, RFC 7518 §3.4). The signature is JOSE's fixed `r||s`
@@ -320,20 +242,31 @@ mod tests {
         };
         assert!(!verifies(Algorithm::RS256, &key, input, &signature));
         assert_eq!(
-            rsa_public_key(&n, &e).unwrap_err(),
-            RsaKeyRefusal::ModulusSize(1024)
+            rsa_public_key(&n, &e).err(),
+            Some(RsaKeyRefusal::ModulusSize(1024))
         );
 
         let mut huge = vec![0x01];
         huge.extend([0xff; 512]);
         assert_eq!(
-            rsa_public_key(&huge, &RSA_EXPONENT).unwrap_err(),
-            RsaKeyRefusal::ModulusSize(4097)
+            rsa_public_key(&huge, &RSA_EXPONENT).err(),
+            Some(RsaKeyRefusal::ModulusSize(4097))
         );
         let fits = [0xff; 256];
         assert_eq!(
-            rsa_public_key(&fits, &[0x03]).unwrap_err(),
-            RsaKeyRefusal::Exponent
+            rsa_public_key(&fits, &[0x03]).err(),
+            Some(RsaKeyRefusal::Exponent)
+        );
+        let mut even = [0xff; 256];
+        even[255] = 0xfe;
+        assert_eq!(
+            rsa_public_key(&even, &RSA_EXPONENT).err(),
+            Some(RsaKeyRefusal::EvenModulus)
+        );
+        assert_eq!(
+            RsaKeyRefusal::EvenModulus.to_string(),
+            "RSA key refused: invalid modulus",
+            "as the rsa crate's refusal read"
         );
     }
 
