@@ -57,10 +57,36 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal>
 /// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
 pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
     match curve {
-        Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
-        Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
+        Curve::P256 => p256_key(point).is_some(),
+        Curve::P384 => p384_key(point).is_some(),
     }
 }
+
+/// The verifying key of an uncompressed point (`04||x||y`, as a JWK's x and y make it): x and y
+/// below the field's prime, and y² = x³ + ax + b. `VerifyingKey::from_sec1_bytes` checks the
+/// same, but reading compressed points too links the field's square root (25 KB of the .wasm),
+/// which a JWK never needs.
+macro_rules! ec_key {
+    ($name:ident, $curve:ident) => {
+        fn $name(point: &[u8]) -> Option<$curve::ecdsa::VerifyingKey> {
+            use $curve::elliptic_curve::point::AffineCoordinates as _;
+            let (&0x04, coordinates) = point.split_first()? else {
+                return None;
+            };
+            let len = coordinates.len() / 2;
+            if coordinates.len() != 2 * len {
+                return None;
+            }
+            let (x, y) = coordinates.split_at(len);
+            let x = $curve::FieldBytes::try_from(x).ok()?;
+            let y = $curve::FieldBytes::try_from(y).ok()?;
+            let point = $curve::AffinePoint::from_coordinates(&x, &y).into_option()?;
+            $curve::ecdsa::VerifyingKey::from_affine(point).ok()
+        }
+    };
+}
+ec_key!(p256_key, p256);
+ec_key!(p384_key, p384);
 
 /// Whether `public` is a canonically encoded Ed25519 point of large order (what `verify`
 /// requires of a key anyway; checked at load so a useless key is reported, not kept).
@@ -86,8 +112,8 @@ fn rsa_verifies(alg: Algorithm, key: RsaPublicKey, input: &[u8], signature: &[u8
 /// (64 bytes), never DER. A high `s` is accepted, as BoringSSL (the host path) and FIPS 186
 /// accept it: refusing it here alone would make the answer depend on the path again.
 fn p256_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    let (Ok(key), Ok(signature)) = (
-        p256::ecdsa::VerifyingKey::from_sec1_bytes(point),
+    let (Some(key), Ok(signature)) = (
+        p256_key(point),
         p256::ecdsa::Signature::from_slice(signature),
     ) else {
         return false;
@@ -97,8 +123,8 @@ fn p256_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
 
 /// ECDSA P-384 with SHA-384 (ES384): as ES256, with a 96-byte `r||s`.
 fn p384_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    let (Ok(key), Ok(signature)) = (
-        p384::ecdsa::VerifyingKey::from_sec1_bytes(point),
+    let (Some(key), Ok(signature)) = (
+        p384_key(point),
         p384::ecdsa::Signature::from_slice(signature),
     ) else {
         return false;
@@ -224,6 +250,66 @@ mod tests {
         let twin = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
         assert_ne!(bool::from(s.is_high()), bool::from((-s).is_high()));
         assert!(verifies(alg, &key, input.as_bytes(), &twin.to_bytes()));
+    }
+
+    /// Points of both curves: valid ones, each with one bit flipped, coordinates at or above
+    /// the prime, all zeros, and points of the wrong length.
+    fn ec_points(curve: Curve) -> Vec<Vec<u8>> {
+        // Secret scalars 0x0101..01 to 0x1010..10: below both curves' orders.
+        let valid: Vec<Vec<u8>> = (1..=16u8)
+            .map(|byte| match curve {
+                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&[byte; 32])
+                    .unwrap()
+                    .verifying_key()
+                    .to_sec1_point(false)
+                    .as_bytes()
+                    .to_vec(),
+                Curve::P384 => p384::ecdsa::SigningKey::from_slice(&[byte; 48])
+                    .unwrap()
+                    .verifying_key()
+                    .to_sec1_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            })
+            .collect();
+        let len = curve.field_len();
+        let mut points = valid.clone();
+        for point in &valid {
+            for bit in (0..8 * point.len()).step_by(7) {
+                let mut flipped = point.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                points.push(flipped);
+            }
+        }
+        let mut all_ones = vec![0x04];
+        all_ones.extend(vec![0xff; 2 * len]);
+        let mut zeros = vec![0x04];
+        zeros.extend(vec![0; 2 * len]);
+        points.extend([all_ones, zeros, vec![0x04], Vec::new()]);
+        points
+    }
+
+    #[test]
+    fn the_ec_point_check_accepts_exactly_what_from_sec1_bytes_accepts() {
+        for curve in [Curve::P256, Curve::P384] {
+            let points = ec_points(curve);
+            let accepted = points
+                .iter()
+                .filter(|p| ec_point_accepted(curve, p))
+                .count();
+            assert_eq!(accepted, 16, "only the valid points, for {curve:?}");
+            for point in points {
+                let sec1 = match curve {
+                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+                };
+                assert_eq!(
+                    ec_point_accepted(curve, &point),
+                    sec1,
+                    "{curve:?} {point:?}"
+                );
+            }
+        }
     }
 
     #[test]
