@@ -14,6 +14,7 @@ pub mod jws;
 pub mod outputs;
 pub mod portable;
 pub mod remote;
+mod rsa_verify;
 pub mod verify;
 pub mod verify_signature_codec;
 

@@ -2,29 +2,20 @@
 //! bytes only: header and claims were parsed once, by `jws::parse`, and judged by our own claim
 //! checks, so no algorithm may see (or refuse) more of the token than another.
 //!
-//! The primitives are the ones jwt-simple's `pure-rust` feature is built on, at the same
-//! versions: `rsa` (PKCS #1 v1.5 and PSS), `p256`/`p384` (ECDSA) and the
-//! `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA, ECDSA and Ed25519. Ed25519's
-//! curve arithmetic is `curve25519-dalek`'s (see `ed25519_verifies` for why).
+//! The primitives: `rsa_verify` (RSA, meshguard's own verify-only Montgomery code),
+//! `p256`/`p384` (ECDSA), `curve25519-dalek` (Ed25519's curve arithmetic, see `ed25519_verifies`
+//! for why) and the `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA, ECDSA and
+//! Ed25519.
 
 use hmac_sha256::Hash as Sha256;
 use hmac_sha512::sha384::Hash as Sha384;
 use hmac_sha512::Hash as Sha512;
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-use rsa::pkcs8::AssociatedOid;
-use rsa::signature::digest::{Digest, FixedOutputReset};
-use rsa::signature::DigestVerifier as _;
-use rsa::{pkcs1v15, pss, BigUint, RsaPublicKey};
 
 use super::alg::{Algorithm, Curve, KeyFamily};
 use super::jwks::KeyMaterial;
-
-/// RSA moduli accepted: RFC 7518 §3.3's floor, and a ceiling that bounds what one token can
-/// cost to check.
-pub const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
-
-/// The only RSA public exponent accepted: what IdPs use, and all jwt-simple accepted before.
-pub const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+use super::rsa_verify::{pkcs1v15_verifies, pss_verifies, Sha2};
+pub use super::rsa_verify::{RsaKeyRefusal, RsaPublicKey, RSA_EXPONENT, RSA_MODULUS_BITS};
 
 /// Whether `signature` is `alg`'s signature of `signing_input` under `key`. A key of another
 /// kind than `alg` needs, or one outside what a JWKS load accepts, never verifies.
@@ -60,53 +51,44 @@ pub fn verifies(alg: Algorithm, key: &KeyMaterial, signing_input: &[u8], signatu
     }
 }
 
-/// Why an RSA key is refused, for the operator's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RsaKeyRefusal {
-    ModulusSize(usize),
-    Exponent,
-    Invalid(String),
-}
-
-impl std::fmt::Display for RsaKeyRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RsaKeyRefusal::ModulusSize(bits) => write!(
-                f,
-                "RSA modulus is {bits} bits; {} to {} are accepted",
-                RSA_MODULUS_BITS.start(),
-                RSA_MODULUS_BITS.end()
-            ),
-            RsaKeyRefusal::Exponent => f.write_str("RSA exponent is not 65537"),
-            RsaKeyRefusal::Invalid(err) => write!(f, "RSA key refused: {err}"),
-        }
-    }
-}
-
 /// An RSA public key from its big-endian modulus and exponent, if meshguard accepts it.
 pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal> {
-    let n = strip_leading_zeros(n);
-    // `n` now has no leading zero byte, so its first byte has at most 7 leading zero bits.
-    let bits = n
-        .first()
-        .map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
-    if !RSA_MODULUS_BITS.contains(&bits) {
-        return Err(RsaKeyRefusal::ModulusSize(bits));
-    }
-    if strip_leading_zeros(e) != RSA_EXPONENT {
-        return Err(RsaKeyRefusal::Exponent);
-    }
-    RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
-        .map_err(|err| RsaKeyRefusal::Invalid(err.to_string()))
+    RsaPublicKey::new(n, e)
 }
 
 /// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
 pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
     match curve {
-        Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
-        Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok(),
+        Curve::P256 => p256_key(point).is_some(),
+        Curve::P384 => p384_key(point).is_some(),
     }
 }
+
+/// The verifying key of an uncompressed point (`04||x||y`, as a JWK's x and y make it): x and y
+/// below the field's prime, and y² = x³ + ax + b. `VerifyingKey::from_sec1_bytes` checks the
+/// same, but reading compressed points too links the field's square root (25 KB of the .wasm),
+/// which a JWK never needs.
+macro_rules! ec_key {
+    ($name:ident, $curve:ident) => {
+        fn $name(point: &[u8]) -> Option<$curve::ecdsa::VerifyingKey> {
+            use $curve::elliptic_curve::point::AffineCoordinates as _;
+            let (&0x04, coordinates) = point.split_first()? else {
+                return None;
+            };
+            let len = coordinates.len() / 2;
+            if coordinates.len() != 2 * len {
+                return None;
+            }
+            let (x, y) = coordinates.split_at(len);
+            let x = $curve::FieldBytes::try_from(x).ok()?;
+            let y = $curve::FieldBytes::try_from(y).ok()?;
+            let point = $curve::AffinePoint::from_coordinates(&x, &y).into_option()?;
+            $curve::ecdsa::VerifyingKey::from_affine(point).ok()
+        }
+    };
+}
+ec_key!(p256_key, p256);
+ec_key!(p384_key, p384);
 
 /// Whether `public` is a canonically encoded Ed25519 point of large order (what `verify`
 /// requires of a key anyway; checked at load so a useless key is reported, not kept).
@@ -114,59 +96,26 @@ pub fn ed25519_key_accepted(public: &[u8]) -> bool {
     <&[u8; 32]>::try_from(public).is_ok_and(|public| ed25519_point(public).is_some())
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or(&[])
-}
-
+/// RS* are RSASSA-PKCS1-v1_5 (RFC 7518 §3.3), PS* RSASSA-PSS with MGF1 of the same hash and a
+/// salt as long as the hash (§3.5). The signature must be exactly as long as the modulus.
 fn rsa_verifies(alg: Algorithm, key: RsaPublicKey, input: &[u8], signature: &[u8]) -> bool {
     match alg {
-        Algorithm::RS256 => pkcs1v15_verifies::<Sha256>(key, input, signature),
-        Algorithm::RS384 => pkcs1v15_verifies::<Sha384>(key, input, signature),
-        Algorithm::RS512 => pkcs1v15_verifies::<Sha512>(key, input, signature),
-        Algorithm::PS256 => pss_verifies::<Sha256>(key, input, signature),
-        Algorithm::PS384 => pss_verifies::<Sha384>(key, input, signature),
-        Algorithm::PS512 => pss_verifies::<Sha512>(key, input, signature),
+        Algorithm::RS256 => pkcs1v15_verifies(&key, Sha2::Sha256, input, signature),
+        Algorithm::RS384 => pkcs1v15_verifies(&key, Sha2::Sha384, input, signature),
+        Algorithm::RS512 => pkcs1v15_verifies(&key, Sha2::Sha512, input, signature),
+        Algorithm::PS256 => pss_verifies(&key, Sha2::Sha256, input, signature),
+        Algorithm::PS384 => pss_verifies(&key, Sha2::Sha384, input, signature),
+        Algorithm::PS512 => pss_verifies(&key, Sha2::Sha512, input, signature),
         _ => false,
     }
-}
-
-/// RSASSA-PKCS1-v1_5 (RS256/384/512, RFC 7518 §3.3). The signature must be exactly as long as
-/// the modulus.
-fn pkcs1v15_verifies<D: Digest + AssociatedOid>(
-    key: RsaPublicKey,
-    input: &[u8],
-    signature: &[u8],
-) -> bool {
-    let Ok(signature) = pkcs1v15::Signature::try_from(signature) else {
-        return false;
-    };
-    pkcs1v15::VerifyingKey::<D>::new(key)
-        .verify_digest(D::new_with_prefix(input), &signature)
-        .is_ok()
-}
-
-/// RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash (PS256/384/512,
-/// RFC 7518 §3.5); `VerifyingKey::new` requires exactly that salt length.
-fn pss_verifies<D: Digest + FixedOutputReset>(
-    key: RsaPublicKey,
-    input: &[u8],
-    signature: &[u8],
-) -> bool {
-    let Ok(signature) = pss::Signature::try_from(signature) else {
-        return false;
-    };
-    pss::VerifyingKey::<D>::new(key)
-        .verify_digest(D::new_with_prefix(input), &signature)
-        .is_ok()
 }
 
 /// ECDSA P-256 with SHA-256 (ES256, RFC 7518 §3.4). The signature is JOSE's fixed `r||s`
 /// (64 bytes), never DER. A high `s` is accepted, as BoringSSL (the host path) and FIPS 186
 /// accept it: refusing it here alone would make the answer depend on the path again.
 fn p256_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    let (Ok(key), Ok(signature)) = (
-        p256::ecdsa::VerifyingKey::from_sec1_bytes(point),
+    let (Some(key), Ok(signature)) = (
+        p256_key(point),
         p256::ecdsa::Signature::from_slice(signature),
     ) else {
         return false;
@@ -176,8 +125,8 @@ fn p256_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
 
 /// ECDSA P-384 with SHA-384 (ES384): as ES256, with a 96-byte `r||s`.
 fn p384_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    let (Ok(key), Ok(signature)) = (
-        p384::ecdsa::VerifyingKey::from_sec1_bytes(point),
+    let (Some(key), Ok(signature)) = (
+        p384_key(point),
         p384::ecdsa::Signature::from_slice(signature),
     ) else {
         return false;
@@ -342,6 +291,66 @@ mod tests {
         assert!(verifies(alg, &key, input.as_bytes(), &twin.to_bytes()));
     }
 
+    /// Points of both curves: valid ones, each with one bit flipped, coordinates at or above
+    /// the prime, all zeros, and points of the wrong length.
+    fn ec_points(curve: Curve) -> Vec<Vec<u8>> {
+        // Secret scalars 0x0101..01 to 0x1010..10: below both curves' orders.
+        let valid: Vec<Vec<u8>> = (1..=16u8)
+            .map(|byte| match curve {
+                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&[byte; 32])
+                    .unwrap()
+                    .verifying_key()
+                    .to_sec1_point(false)
+                    .as_bytes()
+                    .to_vec(),
+                Curve::P384 => p384::ecdsa::SigningKey::from_slice(&[byte; 48])
+                    .unwrap()
+                    .verifying_key()
+                    .to_sec1_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            })
+            .collect();
+        let len = curve.field_len();
+        let mut points = valid.clone();
+        for point in &valid {
+            for bit in (0..8 * point.len()).step_by(7) {
+                let mut flipped = point.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                points.push(flipped);
+            }
+        }
+        let mut all_ones = vec![0x04];
+        all_ones.extend(vec![0xff; 2 * len]);
+        let mut zeros = vec![0x04];
+        zeros.extend(vec![0; 2 * len]);
+        points.extend([all_ones, zeros, vec![0x04], Vec::new()]);
+        points
+    }
+
+    #[test]
+    fn the_ec_point_check_accepts_exactly_what_from_sec1_bytes_accepts() {
+        for curve in [Curve::P256, Curve::P384] {
+            let points = ec_points(curve);
+            let accepted = points
+                .iter()
+                .filter(|p| ec_point_accepted(curve, p))
+                .count();
+            assert_eq!(accepted, 16, "only the valid points, for {curve:?}");
+            for point in points {
+                let sec1 = match curve {
+                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+                };
+                assert_eq!(
+                    ec_point_accepted(curve, &point),
+                    sec1,
+                    "{curve:?} {point:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn rsa_keys_outside_2048_to_4096_bits_or_without_e_65537_are_refused() {
         let small = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
@@ -358,20 +367,31 @@ mod tests {
         };
         assert!(!verifies(Algorithm::RS256, &key, input, &signature));
         assert_eq!(
-            rsa_public_key(&n, &e).unwrap_err(),
-            RsaKeyRefusal::ModulusSize(1024)
+            rsa_public_key(&n, &e).err(),
+            Some(RsaKeyRefusal::ModulusSize(1024))
         );
 
         let mut huge = vec![0x01];
         huge.extend([0xff; 512]);
         assert_eq!(
-            rsa_public_key(&huge, &RSA_EXPONENT).unwrap_err(),
-            RsaKeyRefusal::ModulusSize(4097)
+            rsa_public_key(&huge, &RSA_EXPONENT).err(),
+            Some(RsaKeyRefusal::ModulusSize(4097))
         );
         let fits = [0xff; 256];
         assert_eq!(
-            rsa_public_key(&fits, &[0x03]).unwrap_err(),
-            RsaKeyRefusal::Exponent
+            rsa_public_key(&fits, &[0x03]).err(),
+            Some(RsaKeyRefusal::Exponent)
+        );
+        let mut even = [0xff; 256];
+        even[255] = 0xfe;
+        assert_eq!(
+            rsa_public_key(&even, &RSA_EXPONENT).err(),
+            Some(RsaKeyRefusal::EvenModulus)
+        );
+        assert_eq!(
+            RsaKeyRefusal::EvenModulus.to_string(),
+            "RSA key refused: invalid modulus",
+            "as the rsa crate's refusal read"
         );
     }
 

@@ -3,6 +3,7 @@
 
 mod conditions;
 mod duration;
+mod json_path;
 mod raw;
 #[cfg(feature = "cli")]
 pub mod schema;

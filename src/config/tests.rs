@@ -8,7 +8,7 @@ const OCT_JWKS: &str =
     r#"{"keys":[{"kty":"oct","kid":"k","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
 
 /// The example from design.md, with the `partner` provider it names defined.
-fn design_example() -> Value {
+pub(super) fn design_example() -> Value {
     json!({
       "providers": {
         "corp": {

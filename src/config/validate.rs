@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::conditions;
+use super::json_path;
 use super::raw::*;
 use super::*;
 use crate::auth::jwks::{parse_jwks, KeySet, SymmetricKeys};
@@ -21,7 +23,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
     Builder::default().build(raw)
 }
 
-fn deserialize(json: &[u8]) -> Result<RawConfig, ConfigError> {
+pub(super) fn deserialize(json: &[u8]) -> Result<RawConfig, ConfigError> {
     // serde would also read a struct from a JSON array; the contract is an object.
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ConfigError::new(
@@ -30,10 +32,12 @@ fn deserialize(json: &[u8]) -> Result<RawConfig, ConfigError> {
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let reason = without_position(&err.inner().to_string());
-        ConfigError::new(if path == "." { String::new() } else { path }, reason)
+    // Plain serde_json: the path is worked out from the error's position only on failure.
+    let raw = RawConfig::deserialize(&mut deserializer).map_err(|err| {
+        ConfigError::new(
+            json_path::path_of(json, &err),
+            without_position(&err.to_string()),
+        )
     })?;
     deserializer
         .end()
