@@ -561,6 +561,7 @@ pub struct ConditionReads {
     pub port: bool,
     pub method: bool,
     pub authority: bool,
+    pub path: bool,
 }
 
 /// Adds what `conditions` read to `reads`, and the header names to `headers`.
@@ -577,6 +578,7 @@ pub fn collect_reads(
                 Key::Port => reads.port = true,
                 Key::Method => reads.method = true,
                 Key::Host => reads.authority = true,
+                Key::Path => reads.path = true,
                 Key::Header(name) if !headers.contains(name) => headers.push(name.clone()),
                 key if key.reads_peer() => reads.peer = true,
                 _ => {}

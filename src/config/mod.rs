@@ -86,6 +86,10 @@ pub struct RequestReads {
     pub port: bool,
     /// The mTLS peer certificate's URI SAN (`source.principal` and its kin).
     pub peer: bool,
+    /// The request's path: false only when nothing reads it (no path in any match, condition or
+    /// key, and no provider, whose query-parameter tokens are in it), so that a filter with
+    /// nothing to decide on makes no call for it.
+    pub path: bool,
     /// Lower-case names of ordinary headers.
     pub headers: Vec<String>,
 }

@@ -476,3 +476,42 @@ fn deeply_nested_conditions_are_refused_not_recursed_into() {
         "{error}"
     );
 }
+
+#[test]
+fn the_path_is_read_only_when_something_reads_it() {
+    let reads_path = |value: Value| {
+        parse(value.to_string().as_bytes())
+            .expect("valid")
+            .reads
+            .path
+    };
+    assert!(
+        reads_path(design_example()),
+        "providers read query-parameter tokens"
+    );
+    assert!(!reads_path(json!({"unmatched": "allow"})));
+    let open_rule = |rule: Value| json!({"rules": [rule], "unmatched": "deny"});
+    assert!(!reads_path(open_rule(
+        json!({"name": "gets", "match": {"methods": ["GET"]}, "allow_unauthenticated": true})
+    )));
+    for matcher in [
+        json!({"prefix": "/api/"}),
+        json!({"path": "/healthz"}),
+        json!({"paths": ["/a/*"]}),
+        json!({"not_paths": ["/admin"]}),
+    ] {
+        let rule = json!({"name": "r", "match": matcher, "allow_unauthenticated": true});
+        assert!(reads_path(open_rule(rule)), "{matcher}");
+    }
+    let condition = json!({"name": "r", "allow_unauthenticated": true,
+        "when": [{"not": {"key": "request.path", "values": ["/x"]}}]});
+    assert!(reads_path(open_rule(condition)));
+    let deny = json!({"rules": [
+        {"name": "no", "action": "deny", "match": {"prefix": "/admin"}},
+        {"name": "all", "allow_unauthenticated": true}]});
+    assert!(reads_path(deny), "a deny rule's match");
+    let keyed = json!({
+        "rate_limits": {"p": {"key": ["path"], "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "1s"}}},
+        "rules": [{"name": "all", "allow_unauthenticated": true, "rate_limits": ["p"]}]});
+    assert!(reads_path(keyed), "a rate-limit key");
+}

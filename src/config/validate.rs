@@ -402,6 +402,10 @@ fn request_reads(
         conditions.method |= !matcher.methods.is_empty() || !matcher.not_methods.is_empty();
         conditions.authority |= !matcher.hosts.is_empty() || !matcher.not_hosts.is_empty();
         conditions.port |= !matcher.ports.is_empty() || !matcher.not_ports.is_empty();
+        conditions.path |= matcher.path.is_some()
+            || matcher.prefix.is_some()
+            || !matcher.paths.is_empty()
+            || !matcher.not_paths.is_empty();
         for (name, _) in &matcher.headers {
             if !headers.contains(name) {
                 headers.push(name.clone());
@@ -428,10 +432,12 @@ fn request_reads(
         }
     }
     let mut client_ip = false;
+    let mut key_path = false;
     for part in rate_limits.iter().flat_map(|p| &p.key) {
         match part {
             KeyPart::Header(name) => add(name),
             KeyPart::ClientIp => client_ip = true,
+            KeyPart::Path => key_path = true,
             _ => {}
         }
     }
@@ -443,6 +449,7 @@ fn request_reads(
         direct_ip: conditions.source_ip,
         port: conditions.port,
         peer: conditions.peer,
+        path: conditions.path || key_path || !providers.is_empty(),
         headers,
     }
 }

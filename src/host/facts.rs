@@ -169,7 +169,10 @@ pub fn gather_request<'a>(
     let remote_ip = client_address
         .as_deref()
         .and_then(|address| ip_of_address(address).parse::<IpAddr>().ok());
-    let path = headers.get(":path").unwrap_or_default();
+    let path = (reads.path || logging)
+        .then(|| headers.get(":path"))
+        .flatten()
+        .unwrap_or_default();
     let method = (reads.method || logging)
         .then(|| headers.get(":method"))
         .flatten();
