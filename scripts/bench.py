@@ -154,7 +154,8 @@ def json_access_log(path, meshguard_decision=False):
 def meshguard(keys=None, rate_limit=None, access_log=False, key="claim:sub", when=None, filter_state=False, **policy):
     # The decision goes to Envoy's filter state only where an Envoy access logger reads it, as
     # the native stacks export nothing either.
-    log = {"enabled": access_log, "filter_state": filter_state, "sample_rate": 1.0, "request_headers": ["user-agent"]}
+    # byte_counts off: the native JSON access log it is compared with has no byte fields either.
+    log = {"enabled": access_log, "filter_state": filter_state, "byte_counts": False, "sample_rate": 1.0, "request_headers": ["user-agent"]}
     config = {"rules": [{"name": "api", "match": {"prefix": "/"}}], "access_log": log}
     rule = config["rules"][0]
     if when:

@@ -77,7 +77,8 @@ def scenarios(keys):
         "access_log": {"enabled": False, "filter_state": False},
     }
     exporting = {**stack, "access_log": {"enabled": False}}
-    logging = {**stack, "access_log": {"enabled": True, "filter_state": False, "sample_rate": 1.0, "request_headers": ["user-agent"]}}
+    # As scripts/bench.py: the same fields as the native JSON access log (no byte counts).
+    logging = {**stack, "access_log": {"enabled": True, "filter_state": False, "byte_counts": False, "sample_rate": 1.0, "request_headers": ["user-agent"]}}
     return [
         ("no filter", []),
         ("do-nothing Wasm filter", [meshguard_filter("", wasm=NOOP_WASM)]),

@@ -106,6 +106,20 @@ def test_filter_state_export_can_be_turned_off(tmp_path, upstream, signer):
         envoy.stop()
 
 
+def test_byte_counts_can_be_left_out(tmp_path, upstream, signer):
+    config = plugin_config(signer, {"enabled": True, "byte_counts": False})
+    envoy = start(tmp_path, upstream, config)
+    try:
+        token = signer.sign(sub="alice")
+        assert envoy.get("/api/orders", {"authorization": f"Bearer {token}", "x-request-id": "no-bytes"}).status_code == 200
+        assert wait_for(lambda: len(envoy.meshguard_records()) >= 1, timeout=5)
+        record = envoy.meshguard_records()[0]
+        assert record["request_id"] == "no-bytes" and record["status"] == 200 and record["decision"] == "allowed"
+        assert "request_bytes" not in record and "response_bytes" not in record, record
+    finally:
+        envoy.stop()
+
+
 def test_secrets_never_reach_any_log_line(tmp_path, upstream, signer):
     config = plugin_config(signer, {"enabled": True, "sample_rate": 1.0, "request_headers": ["authorization", "cookie", "proxy-authorization"]})
     envoy = start(tmp_path, upstream, config)

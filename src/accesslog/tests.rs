@@ -91,6 +91,7 @@ fn config(enabled: bool, sample_rate: f64) -> AccessLog {
     AccessLog {
         enabled,
         filter_state: true,
+        byte_counts: true,
         sample_rate,
         request_headers: vec![],
     }

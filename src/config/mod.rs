@@ -223,6 +223,8 @@ pub struct AccessLog {
     /// Put the decision in Envoy's filter state (`wasm.meshguard`): one serialisation and one
     /// host call per request, worth paying only where an Envoy access logger reads it.
     pub filter_state: bool,
+    /// `request_bytes` and `response_bytes` in the record: two calls into Envoy per record.
+    pub byte_counts: bool,
     pub sample_rate: f64,
     /// Lower-case names; secrets are never logged whatever this lists.
     pub request_headers: Vec<String>,

@@ -207,6 +207,8 @@ pub struct RawAccessLog {
     /// Whether the decision goes to Envoy's filter state (`wasm.meshguard`) for Envoy's own
     /// access loggers; default true.
     pub filter_state: Option<bool>,
+    /// Whether a record carries `request_bytes` and `response_bytes`; default true.
+    pub byte_counts: Option<bool>,
     #[serde(default)]
     #[cfg_attr(feature = "cli", schemars(schema_with = "super::schema::sample_rate"))]
     pub sample_rate: Option<f64>,

@@ -909,6 +909,7 @@ fn build_access_log(raw: Option<&RawAccessLog>) -> Result<AccessLog, ConfigError
         return Ok(AccessLog {
             enabled: true,
             filter_state: true,
+            byte_counts: true,
             sample_rate: 1.0,
             request_headers: Vec::new(),
         });
@@ -929,6 +930,7 @@ fn build_access_log(raw: Option<&RawAccessLog>) -> Result<AccessLog, ConfigError
     Ok(AccessLog {
         enabled: raw.enabled.unwrap_or(true),
         filter_state: raw.filter_state.unwrap_or(true),
+        byte_counts: raw.byte_counts.unwrap_or(true),
         sample_rate,
         request_headers,
     })

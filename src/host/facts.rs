@@ -250,16 +250,23 @@ pub fn gather_request<'a>(
     (request, exchange)
 }
 
-/// Completes the record at the end of the stream: the response's side, and the headers
-/// meshguard wrote upstream.
-pub fn finish_exchange(exchange: &mut accesslog::Exchange, config: &Config) {
+/// The response's status and the stream's end: all that `accesslog::should_log` needs, so a
+/// record that is sampled away costs no more calls into Envoy.
+pub fn finish_status(exchange: &mut accesslog::Exchange) {
     exchange.end_ms = now_ms();
     exchange.status = number_property(&["response", "code"]).or_else(|| {
         header_value(MapType::HttpResponseHeaders, ":status")
             .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok())
     });
-    exchange.request_bytes = number_property(&["request", "total_size"]);
-    exchange.response_bytes = number_property(&["response", "total_size"]);
+}
+
+/// Completes a record that will be written: the byte counts (where configured) and the headers
+/// meshguard wrote upstream.
+pub fn finish_exchange(exchange: &mut accesslog::Exchange, config: &Config) {
+    if config.access_log.byte_counts {
+        exchange.request_bytes = number_property(&["request", "total_size"]);
+        exchange.response_bytes = number_property(&["response", "total_size"]);
+    }
     for name in &config.access_log.request_headers {
         if config.output_headers.contains(name) {
             if let Some(value) = request_header(name) {

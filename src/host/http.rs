@@ -10,7 +10,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::facts::{finish_exchange, gather_request, Headers};
+use super::facts::{finish_exchange, finish_status, gather_request, Headers};
 use super::jwks;
 use super::metrics::Counter;
 use super::state::{now_ms, VmState};
@@ -319,12 +319,13 @@ impl HttpContext for MeshguardHttp {
             return; // the stream ended before a decision (client gone while waiting)
         };
         let config = &st.vm.config;
-        finish_exchange(&mut exchange, config);
+        finish_status(&mut exchange);
         let sample_key = exchange
             .request_id
             .clone()
             .unwrap_or_else(|| self.start_ms.to_string());
         if accesslog::should_log(&config.access_log, verdict, exchange.status, &sample_key) {
+            finish_exchange(&mut exchange, config);
             info!("{}", accesslog::render(&exchange, verdict));
         }
     }
