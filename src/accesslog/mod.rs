@@ -2,6 +2,7 @@
 //! facts the host gathers; rendered as one JSON line. Secrets never reach it: credential headers
 //! are dropped even when configured, the query is cut from the path, and no token is a field.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde::Serialize;
@@ -170,8 +171,9 @@ struct Record<'a> {
     client_address: Option<&'a str>,
     #[serde(flatten)]
     verdict: &'a Verdict,
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
-    request_headers: serde_json::Map<String, serde_json::Value>,
+    /// By name, as a JSON object's keys are written (sorted); borrowed, not copied.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    request_headers: BTreeMap<&'a str, &'a str>,
 }
 
 /// RFC 3339, UTC, milliseconds: `2026-11-25T01:02:03.456Z`.
@@ -218,7 +220,7 @@ pub fn render(exchange: &Exchange, verdict: &Verdict) -> String {
         .headers
         .iter()
         .filter(|(name, _)| !is_secret(name))
-        .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     let record = Record {
         time: rfc3339(exchange.start_ms),
@@ -235,8 +237,17 @@ pub fn render(exchange: &Exchange, verdict: &Verdict) -> String {
         verdict,
         request_headers,
     };
-    serde_json::to_string(&record).unwrap_or_else(|_| String::from("{}"))
+    // Room for a typical line up front: growing the buffer would copy it several times.
+    let mut line = Vec::with_capacity(LINE_CAPACITY);
+    match serde_json::to_writer(&mut line, &record) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(line).unwrap_or_else(|_| String::from("{}")),
+        Err(_) => String::from("{}"),
+    }
 }
+
+/// Bytes reserved for a log line: most records fit.
+const LINE_CAPACITY: usize = 768;
 
 /// Whether this request is written: never when disabled; always when it was denied, limited or
 /// answered 5xx; allowed ones at `sample_rate`, chosen by a hash of the request id (so every
