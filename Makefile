@@ -12,6 +12,7 @@ setup:
 
 wasm: setup
 	cargo build --target wasm32-wasip1 --release --lib --no-default-features
+	scripts/wasm-opt.sh $(WASM)
 
 build: wasm
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The load generator (wrk) and wasm-opt (binaryen, for the size figure), from Debian.
+# The load generator (wrk) and wasm-opt (binaryen: `make wasm` runs it), from Debian.
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v wasm-opt >/dev/null || missing+=(binaryen)

@@ -26,12 +26,14 @@ done
 #    envoyproxy/ratelimit in production;
 #  - docker-registry (the CNCF distribution registry) and skopeo (an OCI client) test the
 #    filter's OCI image the way Istio pulls it, without Docker;
-#  - wrk, the load generator of `make bench` (a smoke run of it is part of `make test`).
+#  - wrk, the load generator of `make bench` (a smoke run of it is part of `make test`);
+#  - binaryen's wasm-opt, which every build of the filter goes through (scripts/wasm-opt.sh).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v wasm-opt >/dev/null || missing+=(binaryen)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
