@@ -5,10 +5,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use log::{info, warn};
+use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use super::facts::{finish_exchange, finish_status, gather_request, Headers};
 use super::jwks;
@@ -326,7 +326,9 @@ impl HttpContext for MeshguardHttp {
             .unwrap_or_else(|| self.start_ms.to_string());
         if accesslog::should_log(&config.access_log, verdict, exchange.status, &sample_key) {
             finish_exchange(&mut exchange, config);
-            info!("{}", accesslog::render(&exchange, verdict));
+            // Straight to Envoy: through the `log` crate the SDK would copy the line once more
+            // (and unwrap the host's status).
+            let _ = hostcalls::log(LogLevel::Info, &accesslog::render(&exchange, verdict));
         }
     }
 }
