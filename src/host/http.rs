@@ -64,12 +64,11 @@ pub fn carry_out(outcome: &Outcome, resume: bool) -> Action {
 /// outcomes are inline, and the queue is used only when a call brings more effects).
 pub fn perform(
     state: &Rc<RefCell<VmState>>,
-    effects: Effects,
+    mut effects: Effects,
     current: u32,
     opening: Option<StreamId>,
     now_ms: u64,
 ) -> Option<Outcome> {
-    let mut effects = effects;
     if let Ok(mut st) = state.try_borrow_mut() {
         // A lease taken or kept on this event ends on a tick: ask for one by its end.
         let VmState { flow, vm } = &mut *st;
