@@ -69,13 +69,7 @@ pub fn perform(
     opening: Option<StreamId>,
     now_ms: u64,
 ) -> Option<Outcome> {
-    if let Ok(mut st) = state.try_borrow_mut() {
-        // A lease taken or kept on this event ends on a tick: ask for one by its end.
-        let VmState { flow, vm } = &mut *st;
-        if let Some(end_ms) = vm.buckets.next_lease_end_ms() {
-            flow.wake_by(end_ms, now_ms, &mut effects);
-        }
-    }
+    wake_for_leases(state, &mut effects, now_ms);
     set_tick(&effects);
     let Effects {
         mut outcomes,
@@ -85,7 +79,9 @@ pub fn perform(
     } = effects;
     let mut queue = VecDeque::new();
     send_calls(state, fetches, rls_checks, &mut queue, now_ms);
+    let mut brought_more = false;
     while let Some(effects) = queue.pop_front() {
+        brought_more = true;
         outcomes.extend(effects.outcomes);
         send_calls(
             state,
@@ -94,6 +90,12 @@ pub fn perform(
             &mut queue,
             now_ms,
         );
+    }
+    if brought_more {
+        // Requests decided by what a call brought may have taken leases too.
+        let mut effects = Effects::default();
+        wake_for_leases(state, &mut effects, now_ms);
+        set_tick(&effects);
     }
     let mut own = None;
     let mut switched = false;
@@ -109,6 +111,16 @@ pub fn perform(
         let _ = hostcalls::set_effective_context(current);
     }
     own
+}
+
+/// A lease taken or kept on this event ends on a tick: asks for one by the earliest end.
+fn wake_for_leases(state: &Rc<RefCell<VmState>>, effects: &mut Effects, now_ms: u64) {
+    if let Ok(mut st) = state.try_borrow_mut() {
+        let VmState { flow, vm } = &mut *st;
+        if let Some(end_ms) = vm.buckets.next_lease_end_ms() {
+            flow.wake_by(end_ms, now_ms, effects);
+        }
+    }
 }
 
 /// Sends the key fetches and rate-limit checks the flow asked for, reporting each back; what
