@@ -1,6 +1,7 @@
 """Real HTTP servers on loopback: an upstream that echoes what reached it, and an identity
 provider whose JWKS endpoint can be healthy, slow, down or broken."""
 
+import hashlib
 import json
 import random
 import socket
@@ -82,20 +83,23 @@ class _Server:
 
 class Upstream(_Server):
     """Answers every request, whatever its method, with the method, path and headers it
-    received, as JSON; a request with `x-test-delay-ms` is held that long first (a request in
+    received, and its body's length and SHA-256, as JSON; a request with `x-test-delay-ms` is held that long first (a request in
     flight)."""
 
     def __init__(self, port=None):
         class Echo(_Handler):
             def _echo(self):
                 length = int(self.headers.get("content-length") or 0)
-                if length:
-                    self.rfile.read(length)
+                received = self.rfile.read(length) if length else b""
                 time.sleep(int(self.headers.get("x-test-delay-ms") or 0) / 1000)
                 headers = {}
                 for name, value in self.headers.items():
                     headers.setdefault(name.lower(), []).append(value)
-                body = json.dumps({"method": self.command, "path": self.path, "headers": headers}).encode()
+                echo = {"method": self.command, "path": self.path, "headers": headers,
+                        "body_length": len(received), "body_sha256": hashlib.sha256(received).hexdigest()}
+                # `x-test-response-bytes`: that many bytes of padding in the answer (a long body).
+                echo["padding"] = "x" * int(self.headers.get("x-test-response-bytes") or 0)
+                body = json.dumps(echo).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
