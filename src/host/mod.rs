@@ -8,14 +8,13 @@ mod crypto;
 mod facts;
 mod http;
 mod jwks;
+mod logger;
 mod metrics;
 mod root;
 mod seed;
 mod state;
 
-use proxy_wasm::types::LogLevel;
-
 pub fn register() {
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::install();
     proxy_wasm::set_root_context(|context_id| Box::new(root::MeshguardRoot::new(context_id)));
 }
