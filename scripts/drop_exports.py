@@ -23,6 +23,9 @@ DROPPED = {
     "proxy_on_upstream_connection_close": "on_upstream_close",
     "proxy_on_queue_ready": "on_queue_ready",
     "proxy_on_foreign_function": "on_foreign_function",
+    # Entered for every stream; the root context's end-of-plugin work is in its Drop, which
+    # Envoy's proxy_on_delete (always right after on_done) runs.
+    "proxy_on_done": "on_done",
 }
 EXPORT_SECTION = 7
 

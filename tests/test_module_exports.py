@@ -18,7 +18,7 @@ from drop_exports import DROPPED  # noqa: E402
 from wasm_sections import exports  # noqa: E402
 
 IMPLEMENTED = ["proxy_on_request_headers", "proxy_on_response_headers", "proxy_on_log", "proxy_on_http_call_response",
-               "proxy_on_grpc_receive", "proxy_on_grpc_close", "proxy_on_tick", "proxy_on_configure", "proxy_on_done",
+               "proxy_on_grpc_receive", "proxy_on_grpc_close", "proxy_on_tick", "proxy_on_configure",
                "proxy_on_delete", "proxy_on_context_create", "proxy_on_memory_allocate"]
 
 

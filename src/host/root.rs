@@ -33,17 +33,20 @@ impl MeshguardRoot {
     }
 }
 
-impl Context for MeshguardRoot {
-    /// The plugin is going away: this VM's leased rate-limit tokens go back now.
-    fn on_done(&mut self) -> bool {
+/// The plugin is going away (Envoy deletes its root context, right after `on_done`): this VM's
+/// leased rate-limit tokens go back now. Here rather than in `on_done`, so that the module need
+/// not export `proxy_on_done`, which Envoy would otherwise enter for every stream too.
+impl Drop for MeshguardRoot {
+    fn drop(&mut self) {
         if let Some(state) = &self.state {
             if let Ok(mut state) = state.try_borrow_mut() {
                 state.vm.buckets.end_leases(now_ms(), true);
             }
         }
-        true
     }
+}
 
+impl Context for MeshguardRoot {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(state) = &self.state {
             on_grpc_response(state, token_id, status_code, response_size, self.context_id);
