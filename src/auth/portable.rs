@@ -13,6 +13,7 @@ use hmac_sha512::Hash as Sha512;
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 
 use super::alg::{Algorithm, Curve, KeyFamily};
+use super::ec_point;
 use super::jwks::KeyMaterial;
 use super::rsa_verify::{pkcs1v15_verifies, pss_verifies, Sha2};
 pub use super::rsa_verify::{RsaKeyRefusal, RsaPublicKey, RSA_EXPONENT, RSA_MODULUS_BITS};
@@ -56,12 +57,11 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal>
     RsaPublicKey::new(n, e)
 }
 
-/// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
+/// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have:
+/// meshguard's own check (`ec_point`), the same in every build, with or without the ECDSA
+/// verifier below.
 pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
-    match curve {
-        Curve::P256 => p256_key(point).is_some(),
-        Curve::P384 => p384_key(point).is_some(),
-    }
+    ec_point::on_curve(curve, point)
 }
 
 /// The verifying key of an uncompressed point (`04||x||y`, as a JWK's x and y make it): x and y
@@ -291,60 +291,17 @@ mod tests {
         assert!(verifies(alg, &key, input.as_bytes(), &twin.to_bytes()));
     }
 
-    /// Points of both curves: valid ones, each with one bit flipped, coordinates at or above
-    /// the prime, all zeros, and points of the wrong length.
-    fn ec_points(curve: Curve) -> Vec<Vec<u8>> {
-        // Secret scalars 0x0101..01 to 0x1010..10: below both curves' orders.
-        let valid: Vec<Vec<u8>> = (1..=16u8)
-            .map(|byte| match curve {
-                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&[byte; 32])
-                    .unwrap()
-                    .verifying_key()
-                    .to_sec1_point(false)
-                    .as_bytes()
-                    .to_vec(),
-                Curve::P384 => p384::ecdsa::SigningKey::from_slice(&[byte; 48])
-                    .unwrap()
-                    .verifying_key()
-                    .to_sec1_point(false)
-                    .as_bytes()
-                    .to_vec(),
-            })
-            .collect();
-        let len = curve.field_len();
-        let mut points = valid.clone();
-        for point in &valid {
-            for bit in (0..8 * point.len()).step_by(7) {
-                let mut flipped = point.clone();
-                flipped[bit / 8] ^= 1 << (bit % 8);
-                points.push(flipped);
-            }
-        }
-        let mut all_ones = vec![0x04];
-        all_ones.extend(vec![0xff; 2 * len]);
-        let mut zeros = vec![0x04];
-        zeros.extend(vec![0; 2 * len]);
-        points.extend([all_ones, zeros, vec![0x04], Vec::new()]);
-        points
-    }
-
     #[test]
-    fn the_ec_point_check_accepts_exactly_what_from_sec1_bytes_accepts() {
+    fn the_verifier_takes_as_a_key_exactly_the_points_a_jwks_load_accepts() {
         for curve in [Curve::P256, Curve::P384] {
-            let points = ec_points(curve);
-            let accepted = points
-                .iter()
-                .filter(|p| ec_point_accepted(curve, p))
-                .count();
-            assert_eq!(accepted, 16, "only the valid points, for {curve:?}");
-            for point in points {
-                let sec1 = match curve {
-                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
-                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+            for point in ec_point::tests::points(curve) {
+                let verifier_key = match curve {
+                    Curve::P256 => p256_key(&point).is_some(),
+                    Curve::P384 => p384_key(&point).is_some(),
                 };
                 assert_eq!(
                     ec_point_accepted(curve, &point),
-                    sec1,
+                    verifier_key,
                     "{curve:?} {point:?}"
                 );
             }
