@@ -18,6 +18,9 @@ pub enum AuthError {
     UnknownKid,
     NoMatchingKey,
     BadSignature,
+    /// The token's algorithm (ES256/ES384) needs the host's `verify_signature`, which this
+    /// host lacks, and this build has no ECDSA of its own (feature `portable-ecdsa`).
+    AlgorithmUnavailable,
     AudienceNotAllowed,
     /// No signing keys were ever obtained for the provider (fail closed).
     KeysUnavailable {
@@ -51,6 +54,7 @@ impl AuthError {
             AuthError::UnknownKid => "token key id is not known",
             AuthError::NoMatchingKey => "no key matches the token algorithm",
             AuthError::BadSignature => "token signature does not verify",
+            AuthError::AlgorithmUnavailable => "token algorithm cannot be verified on this host",
             AuthError::AudienceNotAllowed => "token audience is not allowed",
             AuthError::KeysUnavailable { .. } => "signing keys are not available",
         }

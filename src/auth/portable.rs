@@ -3,28 +3,95 @@
 //! checks, so no algorithm may see (or refuse) more of the token than another.
 //!
 //! The primitives: `rsa_verify` (RSA, meshguard's own verify-only Montgomery code),
-//! `p256`/`p384` (ECDSA), `curve25519-dalek` (Ed25519's curve arithmetic, see `ed25519_verifies`
+//! `p256`/`p384` (ECDSA, only with the feature `portable-ecdsa`: the shipped module leaves
+//! ES256/ES384 to the host's `verify_signature`, see `verifies_in_wasm`), `curve25519-dalek` (Ed25519's curve arithmetic, see `ed25519_verifies`
 //! for why) and the `hmac-sha256`/`hmac-sha512` crates, whose hashes also feed RSA, ECDSA and
 //! Ed25519.
 
+#[cfg(feature = "portable-ecdsa")]
 use hmac_sha256::Hash as Sha256;
+#[cfg(feature = "portable-ecdsa")]
 use hmac_sha512::sha384::Hash as Sha384;
 use hmac_sha512::Hash as Sha512;
+#[cfg(feature = "portable-ecdsa")]
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 
 use super::alg::{Algorithm, Curve, KeyFamily};
+use super::ec_point;
 use super::jwks::KeyMaterial;
 use super::rsa_verify::{pkcs1v15_verifies, pss_verifies, Sha2};
 pub use super::rsa_verify::{RsaKeyRefusal, RsaPublicKey, RSA_EXPONENT, RSA_MODULUS_BITS};
+use crate::config::{KeySource, Provider};
+
+/// Whether this build verifies ES256/ES384 in Wasm (feature `portable-ecdsa`). Without it,
+/// only the host's `verify_signature` (Envoy >= 1.31) checks them.
+pub const ECDSA_IN_WASM: bool = cfg!(feature = "portable-ecdsa");
+
+/// Whether `verifies` can check `alg` in this build: every algorithm but ES256/ES384 when
+/// `ECDSA_IN_WASM` is false.
+pub fn verifies_in_wasm(alg: Algorithm) -> bool {
+    ECDSA_IN_WASM || !matches!(alg.key_family(), KeyFamily::Ec(_))
+}
+
+/// The algorithms `provider` allows that this build cannot verify without the host's
+/// `verify_signature`, and that its keys may need: for `local_jwks`, those some key fits; for
+/// `remote_jwks`, all (the set is not known before it is fetched). Empty when nothing is lost.
+pub fn needs_host_crypto(provider: &Provider) -> Vec<Algorithm> {
+    provider
+        .algorithms
+        .iter()
+        .copied()
+        .filter(|&alg| !verifies_in_wasm(alg))
+        .filter(|&alg| match &provider.keys {
+            KeySource::Local(set) => set.keys.iter().any(|key| key.fits(alg)),
+            KeySource::Remote(_) => true,
+        })
+        .collect()
+}
+
+/// The operator's warning for a provider whose ES256/ES384 tokens this VM will refuse: the host
+/// has no `verify_signature` and this build no ECDSA of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCryptoMissing<'p> {
+    pub provider: &'p str,
+    pub algorithms: Vec<Algorithm>,
+}
+
+impl HostCryptoMissing<'_> {
+    /// The warning for `provider` on a host without `verify_signature`, if it needs one.
+    pub fn of(provider: &Provider) -> Option<HostCryptoMissing<'_>> {
+        let algorithms = needs_host_crypto(provider);
+        (!algorithms.is_empty()).then_some(HostCryptoMissing {
+            provider: &provider.name,
+            algorithms,
+        })
+    }
+}
+
+impl std::fmt::Display for HostCryptoMissing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.algorithms.iter().map(|alg| alg.name()).collect();
+        let names = names.join("/");
+        write!(
+            f,
+            "provider {:?}: its {names} tokens will be refused (401): ECDSA needs Envoy ≥ 1.31's \
+             verify_signature, which this host lacks, or a module built with --features \
+             portable-ecdsa",
+            self.provider
+        )
+    }
+}
 
 /// Whether `signature` is `alg`'s signature of `signing_input` under `key`. A key of another
-/// kind than `alg` needs, or one outside what a JWKS load accepts, never verifies.
+/// kind than `alg` needs, or one outside what a JWKS load accepts, never verifies; nor does an
+/// algorithm this build cannot check (`verifies_in_wasm`).
 pub fn verifies(alg: Algorithm, key: &KeyMaterial, signing_input: &[u8], signature: &[u8]) -> bool {
     match (key, alg) {
         (KeyMaterial::Rsa { n, e, .. }, _) if alg.key_family() == KeyFamily::Rsa => {
             rsa_public_key(n, e)
                 .is_ok_and(|public| rsa_verifies(alg, public, signing_input, signature))
         }
+        #[cfg(feature = "portable-ecdsa")]
         (
             KeyMaterial::Ec {
                 curve: Curve::P256,
@@ -33,6 +100,7 @@ pub fn verifies(alg: Algorithm, key: &KeyMaterial, signing_input: &[u8], signatu
             },
             Algorithm::ES256,
         ) => p256_verifies(point, signing_input, signature),
+        #[cfg(feature = "portable-ecdsa")]
         (
             KeyMaterial::Ec {
                 curve: Curve::P384,
@@ -56,18 +124,18 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, RsaKeyRefusal>
     RsaPublicKey::new(n, e)
 }
 
-/// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have.
+/// Whether `point` (uncompressed, `04||x||y`) is a point of `curve` that a key can have:
+/// meshguard's own check (`ec_point`), the same in every build, with or without the ECDSA
+/// verifier below.
 pub fn ec_point_accepted(curve: Curve, point: &[u8]) -> bool {
-    match curve {
-        Curve::P256 => p256_key(point).is_some(),
-        Curve::P384 => p384_key(point).is_some(),
-    }
+    ec_point::on_curve(curve, point)
 }
 
 /// The verifying key of an uncompressed point (`04||x||y`, as a JWK's x and y make it): x and y
 /// below the field's prime, and y² = x³ + ax + b. `VerifyingKey::from_sec1_bytes` checks the
 /// same, but reading compressed points too links the field's square root (25 KB of the .wasm),
 /// which a JWK never needs.
+#[cfg(feature = "portable-ecdsa")]
 macro_rules! ec_key {
     ($name:ident, $curve:ident) => {
         fn $name(point: &[u8]) -> Option<$curve::ecdsa::VerifyingKey> {
@@ -87,7 +155,9 @@ macro_rules! ec_key {
         }
     };
 }
+#[cfg(feature = "portable-ecdsa")]
 ec_key!(p256_key, p256);
+#[cfg(feature = "portable-ecdsa")]
 ec_key!(p384_key, p384);
 
 /// Whether `public` is a canonically encoded Ed25519 point of large order (what `verify`
@@ -110,6 +180,7 @@ fn rsa_verifies(alg: Algorithm, key: RsaPublicKey, input: &[u8], signature: &[u8
     }
 }
 
+#[cfg(feature = "portable-ecdsa")]
 /// ECDSA P-256 with SHA-256 (ES256, RFC 7518 §3.4). The signature is JOSE's fixed `r||s`
 /// (64 bytes), never DER. A high `s` is accepted, as BoringSSL (the host path) and FIPS 186
 /// accept it: refusing it here alone would make the answer depend on the path again.
@@ -123,6 +194,7 @@ fn p256_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
     key.verify_prehash(&Sha256::hash(input), &signature).is_ok()
 }
 
+#[cfg(feature = "portable-ecdsa")]
 /// ECDSA P-384 with SHA-384 (ES384): as ES256, with a 96-byte `r||s`.
 fn p384_verifies(point: &[u8], input: &[u8], signature: &[u8]) -> bool {
     let (Some(key), Ok(signature)) = (
@@ -202,9 +274,9 @@ fn hmac_verifies(alg: Algorithm, secret: &[u8], input: &[u8], signature: &[u8]) 
 
 #[cfg(test)]
 mod tests {
-    use p256::elliptic_curve::scalar::IsHigh as _;
     use rsa::signature::{SignatureEncoding as _, Signer as _};
     use rsa::traits::PublicKeyParts as _;
+    use serde_json::json;
 
     use super::*;
     use crate::auth::b64;
@@ -260,7 +332,13 @@ mod tests {
     #[test]
     fn the_rfc_examples_verify_and_a_changed_input_does_not() {
         for (alg, key, input, signature) in rfc_examples() {
-            assert!(verifies(alg, &key, input.as_bytes(), &signature), "{alg}");
+            // ES256 without `portable-ecdsa`: refused, valid or not.
+            let valid = verifies_in_wasm(alg);
+            assert_eq!(
+                verifies(alg, &key, input.as_bytes(), &signature),
+                valid,
+                "{alg}"
+            );
             let changed = input.replacen('e', "f", 1);
             assert!(
                 !verifies(alg, &key, changed.as_bytes(), &signature),
@@ -280,8 +358,11 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "portable-ecdsa")]
     #[test]
     fn an_ecdsa_signature_with_a_high_s_is_accepted_as_boringssl_accepts_it() {
+        use p256::elliptic_curve::scalar::IsHigh as _;
+
         // For every valid (r, s), (r, n - s) is valid too; exactly one of the two has a high s.
         let [_, (alg, key, input, signature), _] = rfc_examples();
         let parsed = p256::ecdsa::Signature::from_slice(&signature).unwrap();
@@ -291,60 +372,57 @@ mod tests {
         assert!(verifies(alg, &key, input.as_bytes(), &twin.to_bytes()));
     }
 
-    /// Points of both curves: valid ones, each with one bit flipped, coordinates at or above
-    /// the prime, all zeros, and points of the wrong length.
-    fn ec_points(curve: Curve) -> Vec<Vec<u8>> {
-        // Secret scalars 0x0101..01 to 0x1010..10: below both curves' orders.
-        let valid: Vec<Vec<u8>> = (1..=16u8)
-            .map(|byte| match curve {
-                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&[byte; 32])
-                    .unwrap()
-                    .verifying_key()
-                    .to_sec1_point(false)
-                    .as_bytes()
-                    .to_vec(),
-                Curve::P384 => p384::ecdsa::SigningKey::from_slice(&[byte; 48])
-                    .unwrap()
-                    .verifying_key()
-                    .to_sec1_point(false)
-                    .as_bytes()
-                    .to_vec(),
-            })
+    #[test]
+    fn providers_whose_ecdsa_tokens_need_the_host_are_named_once_each() {
+        use crate::auth::testkeys::{ec_jwk, jwks_json, rsa_jwk};
+        let local = |keys: &[serde_json::Value]| json!({"inline": jwks_json(keys)});
+        let remote = json!({"cluster": "idp", "uri": "http://idp.test/jwks.json"});
+        let document = json!({
+            "providers": {
+                "a_ec_local": {"issuer": "a", "local_jwks": local(&[ec_jwk("e"), rsa_jwk("r")])},
+                "b_rsa_local": {"issuer": "b", "local_jwks": local(&[rsa_jwk("r")])},
+                "c_remote": {"issuer": "c", "remote_jwks": remote},
+                "d_remote_rsa": {"issuer": "d", "remote_jwks": remote, "algorithms": ["RS256"]},
+                "e_ec_not_allowed": {"issuer": "e", "local_jwks": local(&[ec_jwk("e"), rsa_jwk("r")]),
+                                     "algorithms": ["RS256"]}
+            },
+            "rules": [{"name": "api", "match": {"prefix": "/"}, "allow_unauthenticated": true}]
+        });
+        let config = crate::config::parse(document.to_string().as_bytes()).unwrap();
+        let mut warnings: Vec<String> = config
+            .providers
+            .iter()
+            .filter_map(HostCryptoMissing::of)
+            .map(|missing| missing.to_string())
             .collect();
-        let len = curve.field_len();
-        let mut points = valid.clone();
-        for point in &valid {
-            for bit in (0..8 * point.len()).step_by(7) {
-                let mut flipped = point.clone();
-                flipped[bit / 8] ^= 1 << (bit % 8);
-                points.push(flipped);
-            }
-        }
-        let mut all_ones = vec![0x04];
-        all_ones.extend(vec![0xff; 2 * len]);
-        let mut zeros = vec![0x04];
-        zeros.extend(vec![0; 2 * len]);
-        points.extend([all_ones, zeros, vec![0x04], Vec::new()]);
-        points
+        warnings.sort();
+        let expected: &[&str] = if ECDSA_IN_WASM {
+            &[]
+        } else {
+            &[
+                "provider \"a_ec_local\": its ES256 tokens will be refused (401): ECDSA needs \
+                 Envoy ≥ 1.31's verify_signature, which this host lacks, or a module built with \
+                 --features portable-ecdsa",
+                "provider \"c_remote\": its ES256/ES384 tokens will be refused (401): ECDSA \
+                 needs Envoy ≥ 1.31's verify_signature, which this host lacks, or a module built \
+                 with --features portable-ecdsa",
+            ]
+        };
+        assert_eq!(warnings, expected);
     }
 
+    #[cfg(feature = "portable-ecdsa")]
     #[test]
-    fn the_ec_point_check_accepts_exactly_what_from_sec1_bytes_accepts() {
+    fn the_verifier_takes_as_a_key_exactly_the_points_a_jwks_load_accepts() {
         for curve in [Curve::P256, Curve::P384] {
-            let points = ec_points(curve);
-            let accepted = points
-                .iter()
-                .filter(|p| ec_point_accepted(curve, p))
-                .count();
-            assert_eq!(accepted, 16, "only the valid points, for {curve:?}");
-            for point in points {
-                let sec1 = match curve {
-                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
-                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok(),
+            for point in ec_point::tests::points(curve) {
+                let verifier_key = match curve {
+                    Curve::P256 => p256_key(&point).is_some(),
+                    Curve::P384 => p384_key(&point).is_some(),
                 };
                 assert_eq!(
                     ec_point_accepted(curve, &point),
-                    sec1,
+                    verifier_key,
                     "{curve:?} {point:?}"
                 );
             }

@@ -4,8 +4,8 @@
 //! in constant time; what it needs is to be exactly RFC 8017, which the unit tests check
 //! against the `rsa` crate (the verifier this replaces) on random keys and tampered signatures.
 //!
-//! The arithmetic is Montgomery multiplication over 32-bit limbs, written for this one job:
-//! `s^65537 mod n` is 16 squarings and one multiplication. The general-purpose `rsa` crate and
+//! The arithmetic is Montgomery multiplication over 32-bit limbs (`montgomery`, which the EC
+//! point check at JWKS load shares): `s^65537 mod n` is 16 squarings and one multiplication. The general-purpose `rsa` crate and
 //! its `num-bigint-dig` (Toom-3, division, general `modpow`) were 111 KB of the .wasm;
 //! crypto-bigint's `BoxedMontyForm` (already built for P-256/P-384, but not its boxed Karatsuba
 //! code) measured 76 KB more than the few KB here.
@@ -13,6 +13,8 @@
 use hmac_sha256::Hash as Sha256;
 use hmac_sha512::sha384::Hash as Sha384;
 use hmac_sha512::Hash as Sha512;
+
+use super::montgomery::{strip_leading_zeros, Modulus};
 
 /// RSA moduli accepted: RFC 7518 §3.3's floor, and a ceiling that bounds what one token can
 /// cost to check.
@@ -50,10 +52,8 @@ impl std::fmt::Display for RsaKeyRefusal {
 
 /// A public key meshguard accepts (e is always `RSA_EXPONENT`).
 pub struct RsaPublicKey {
-    /// The modulus, odd, in little-endian 32-bit limbs (the top one not zero).
-    n: Vec<u32>,
-    /// `-n^-1 mod 2^32`, for Montgomery reduction.
-    n0_inv: u32,
+    /// The modulus, odd.
+    n: Modulus,
     /// The modulus's size in bits, and in bytes: every signature is exactly `len` bytes.
     bits: usize,
     len: usize,
@@ -73,20 +73,9 @@ impl RsaPublicKey {
         if strip_leading_zeros(e) != RSA_EXPONENT {
             return Err(RsaKeyRefusal::Exponent);
         }
-        let n = limbs(n, n.len().div_ceil(4));
-        let n0 = n.first().copied().unwrap_or(0);
-        if n0 % 2 == 0 {
-            return Err(RsaKeyRefusal::EvenModulus);
-        }
-        // Newton's iteration for n0^-1 mod 2^32: n0 is its own inverse mod 2^3, and each step
-        // doubles the bits that are right (3, 6, 12, 24, 48).
-        let mut inverse = n0;
-        for _ in 0..4 {
-            inverse = inverse.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inverse)));
-        }
+        let n = Modulus::new(n).ok_or(RsaKeyRefusal::EvenModulus)?;
         Ok(RsaPublicKey {
             n,
-            n0_inv: inverse.wrapping_neg(),
             bits,
             len: bits.div_ceil(8),
         })
@@ -98,120 +87,17 @@ impl RsaPublicKey {
         if signature.len() != self.len {
             return None;
         }
-        let s = limbs(signature, self.n.len());
-        if !less_than(&s, &self.n) {
-            return None;
-        }
-        // s in Montgomery form (s * R mod n, R = 2^(32 * limbs)) is mont_mul(s, R^2 mod n).
-        let base = self.mont_mul(&s, &self.r_squared());
+        let s = self.n.residue(signature)?;
+        let base = self.n.to_montgomery(&s);
         let mut power = base.clone();
         for _ in 0..EXPONENT_SQUARINGS {
-            power = self.mont_mul(&power, &power);
+            power = self.n.mont_mul(&power, &power);
         }
-        power = self.mont_mul(&power, &base);
-        // Out of Montgomery form: times R^-1.
-        let mut one = vec![0u32; self.n.len()];
-        if let Some(low) = one.first_mut() {
-            *low = 1;
-        }
-        let m = self.mont_mul(&power, &one);
-        let bytes: Vec<u8> = m.iter().rev().flat_map(|limb| limb.to_be_bytes()).collect();
+        power = self.n.mont_mul(&power, &base);
+        let bytes = self.n.out_of_montgomery_be(&power);
         // `m < n` fits in `len` bytes; the limbs' bytes above them are zero.
         let padding = bytes.len().checked_sub(self.len)?;
         bytes.get(padding..).map(<[u8]>::to_vec)
-    }
-
-    /// `R^2 mod n`: 2^(bits - 1) (below `n`), doubled modulo `n` up to 2^limbs * R (the
-    /// Montgomery form of 2^limbs), then squared five times in Montgomery form:
-    /// (2^limbs)^32 = R, in Montgomery form R * R.
-    fn r_squared(&self) -> Vec<u32> {
-        let limb_count = self.n.len();
-        let mut x = vec![0u32; limb_count];
-        let top_bit = self.bits - 1;
-        if let Some(limb) = x.get_mut(top_bit / 32) {
-            *limb = 1 << (top_bit % 32);
-        }
-        for _ in top_bit..32 * limb_count + limb_count {
-            let carry = x.iter_mut().fold(0u32, |carry, limb| {
-                let out = *limb >> 31;
-                *limb = *limb << 1 | carry;
-                out
-            });
-            if carry == 1 || !less_than(&x, &self.n) {
-                subtract(&mut x, &self.n);
-            }
-        }
-        for _ in 0..5 {
-            x = self.mont_mul(&x, &x);
-        }
-        x
-    }
-
-    /// Montgomery multiplication (CIOS): `a * b * R^-1 mod n`, for `a, b < n`.
-    fn mont_mul(&self, a: &[u32], b: &[u32]) -> Vec<u32> {
-        let mut t = vec![0u32; self.n.len()];
-        // The two limbs above `t`'s.
-        let mut top: u64 = 0;
-        for &a_i in a {
-            let mut carry = 0u64;
-            for (t_j, &b_j) in t.iter_mut().zip(b) {
-                let sum = u64::from(*t_j) + u64::from(a_i) * u64::from(b_j) + carry;
-                *t_j = sum as u32;
-                carry = sum >> 32;
-            }
-            top += carry;
-            // Add the multiple of n that makes the low limb zero, and drop that limb.
-            let m = t.first().copied().unwrap_or(0).wrapping_mul(self.n0_inv);
-            let mut carry = 0u64;
-            for (t_j, &n_j) in t.iter_mut().zip(&self.n) {
-                let sum = u64::from(*t_j) + u64::from(m) * u64::from(n_j) + carry;
-                *t_j = sum as u32;
-                carry = sum >> 32;
-            }
-            top += carry;
-            t.rotate_left(1);
-            if let Some(last) = t.last_mut() {
-                *last = top as u32;
-            }
-            top >>= 32;
-        }
-        // Now t + top * 2^(32 * limbs) < 2n.
-        if top != 0 || !less_than(&t, &self.n) {
-            subtract(&mut t, &self.n);
-        }
-        t
-    }
-}
-
-/// Big-endian bytes as `count` little-endian 32-bit limbs (`bytes` fits in them).
-fn limbs(bytes: &[u8], count: usize) -> Vec<u32> {
-    let mut out = vec![0u32; count];
-    for (limb, chunk) in out.iter_mut().zip(bytes.rchunks(4)) {
-        *limb = chunk
-            .iter()
-            .fold(0u32, |value, &byte| value << 8 | u32::from(byte));
-    }
-    out
-}
-
-/// `a < b`, both of the same number of limbs.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
-}
-
-/// `a -= b` modulo 2^(32 * limbs).
-fn subtract(a: &mut [u32], b: &[u32]) {
-    let mut borrow = false;
-    for (x, &y) in a.iter_mut().zip(b) {
-        let (difference, under) = x.overflowing_sub(y);
-        let (difference, under_again) = difference.overflowing_sub(u32::from(borrow));
-        *x = difference;
-        borrow = under || under_again;
     }
 }
 
@@ -361,11 +247,6 @@ fn mgf1_xor(hash: Sha2, seed: &[u8], out: &mut [u8]) {
     }
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or(&[])
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::OnceLock;
@@ -379,6 +260,7 @@ mod tests {
     use rsa::{pkcs1v15, pss, RsaPrivateKey};
 
     use super::*;
+    use crate::auth::montgomery::limbs;
 
     /// Sizes at the edges of the arithmetic: whole limbs, one bit into a limb (and into a byte,
     /// where PSS's encoded message is a byte shorter than the modulus), and the largest accepted.
@@ -573,19 +455,19 @@ mod tests {
         ) {
             let key = &keys()[key_index];
             let public = RsaPublicKey::new(&key.n().to_bytes_be(), &key.e().to_bytes_be()).unwrap();
-            let n = big(&public.n);
-            let count = public.n.len();
+            let n = big(public.n.limbs());
+            let count = public.n.limbs().len();
             let reduce = |random: &[u32], at_edge: bool| {
                 let value = if at_edge { &n - 1u32 } else { big(&random[..count]) % &n };
                 limbs(&value.to_bytes_be(), count)
             };
             let a = reduce(&a, edge & 1 == 1);
             let b = reduce(&b, edge & 2 == 2);
-            let product = public.mont_mul(&a, &b);
+            let product = public.n.mont_mul(&a, &b);
             prop_assert!(big(&product) < n);
             prop_assert_eq!((big(&product) << (32 * count)) % &n, (big(&a) * big(&b)) % &n);
             let r = rsa::BigUint::from(1u32) << (32 * count);
-            prop_assert_eq!(big(&public.r_squared()), (&r * &r) % &n);
+            prop_assert_eq!(big(&public.n.r_squared()), (&r * &r) % &n);
         }
     }
 

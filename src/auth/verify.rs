@@ -13,6 +13,9 @@ use crate::config::Provider;
 pub enum SignatureError {
     /// The signature does not verify with this key.
     Invalid,
+    /// Nothing here can check this algorithm: the host has no signature function for it and
+    /// this build no code (ES256/ES384 without the feature `portable-ecdsa`).
+    Unavailable,
 }
 
 /// Checks a JWS signature with one key, over `jws.signing_input` and `jws.signature` only.
@@ -28,6 +31,9 @@ pub struct PortableVerifier;
 
 impl SignatureVerifier for PortableVerifier {
     fn verify(&self, jws: &Jws, key: &Jwk) -> Result<(), SignatureError> {
+        if !portable::verifies_in_wasm(jws.header.alg) {
+            return Err(SignatureError::Unavailable);
+        }
         if portable::verifies(
             jws.header.alg,
             &key.material,
@@ -76,18 +82,16 @@ pub fn check_signature(
             return Err(AuthError::UnknownKid);
         }
     }
-    let mut tried_any = false;
+    let mut failure = AuthError::NoMatchingKey;
     for key in keys.candidates(kid, jws.header.alg) {
-        tried_any = true;
-        if verifier.verify(jws, key).is_ok() {
-            return Ok(());
+        match verifier.verify(jws, key) {
+            Ok(()) => return Ok(()),
+            // No other key of the same algorithm can do better.
+            Err(SignatureError::Unavailable) => return Err(AuthError::AlgorithmUnavailable),
+            Err(SignatureError::Invalid) => failure = AuthError::BadSignature,
         }
     }
-    Err(if tried_any {
-        AuthError::BadSignature
-    } else {
-        AuthError::NoMatchingKey
-    })
+    Err(failure)
 }
 
 /// A provider with `audiences` accepts a token whose `aud` (string or list) names any of them.
@@ -144,14 +148,25 @@ mod tests {
         PortableVerifier.verify(&parse(token).unwrap(), &published_key(alg))
     }
 
+    /// What a bad `alg` signature gets: `Unavailable` for ES256/ES384 in a build without
+    /// `portable-ecdsa`, whatever the signature, so that no such token is ever accepted.
+    fn refusal(alg: Algorithm) -> SignatureError {
+        if portable::verifies_in_wasm(alg) {
+            SignatureError::Invalid
+        } else {
+            SignatureError::Unavailable
+        }
+    }
+
     #[test]
-    fn a_valid_token_of_every_algorithm_verifies() {
+    fn a_valid_token_of_every_algorithm_verifies_where_this_build_can_check_it() {
         for alg in Algorithm::ALL {
-            assert_eq!(
-                portable_verdict(&token_by(keys(), alg), alg),
-                Ok(()),
-                "{alg}"
-            );
+            let valid = portable_verdict(&token_by(keys(), alg), alg);
+            if portable::verifies_in_wasm(alg) {
+                assert_eq!(valid, Ok(()), "{alg}");
+            } else {
+                assert_eq!(valid, Err(SignatureError::Unavailable), "{alg}");
+            }
         }
     }
 
@@ -164,11 +179,7 @@ mod tests {
             let middle = signature.len() / 2;
             signature[middle] ^= 0x01;
             let flipped = format!("{input}.{}", b64e(&signature));
-            assert_eq!(
-                portable_verdict(&flipped, alg),
-                Err(SignatureError::Invalid),
-                "{alg}"
-            );
+            assert_eq!(portable_verdict(&flipped, alg), Err(refusal(alg)), "{alg}");
         }
     }
 
@@ -177,7 +188,7 @@ mod tests {
         for alg in Algorithm::ALL {
             assert_eq!(
                 portable_verdict(&token_by(other_keys(), alg), alg),
-                Err(SignatureError::Invalid),
+                Err(refusal(alg)),
                 "{alg}"
             );
         }
@@ -194,7 +205,7 @@ mod tests {
                 if key.family() != alg.key_family() {
                     assert_eq!(
                         PortableVerifier.verify(&token, &key),
-                        Err(SignatureError::Invalid),
+                        Err(refusal(alg)),
                         "{alg} token, {other} key"
                     );
                 }

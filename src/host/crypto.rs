@@ -1,7 +1,8 @@
 //! Signature checks through Envoy's `verify_signature` foreign function (BoringSSL in the
 //! host, ~90 µs per uncached RS256 request against ~1.2 ms for pure Rust inside V8), with
 //! the portable pure-Rust path for what the host cannot do (PS*, EdDSA, HMAC) or hosts
-//! without the function (Envoy < 1.31, other proxy-wasm hosts). Both paths see only
+//! without the function (Envoy < 1.31, other proxy-wasm hosts; ES256/ES384 there only in a
+//! module built with `portable-ecdsa`, refused with the reason otherwise). Both paths see only
 //! `jws.signing_input` and `jws.signature`, so claims are judged once, by meshguard.
 
 use proxy_wasm::hostcalls;

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use log::{error, info};
+use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -14,6 +14,7 @@ use super::crypto::{detect_host_crypto, HostVerifier};
 use super::http::{on_call_response, on_grpc_response, perform, MeshguardHttp, Unconfigured};
 use super::jwks;
 use super::state::{now_ms, VmState};
+use crate::auth::portable::{self, HostCryptoMissing};
 use crate::config;
 use crate::flow;
 
@@ -86,12 +87,20 @@ impl RootContext for MeshguardRoot {
             "configured {} providers, {} rules; signatures verified {}",
             config.providers.len(),
             config.rules.len(),
-            if host_crypto {
-                "by the host (Envoy verify_signature) where possible"
-            } else {
-                "in Wasm (pure Rust); the host has no verify_signature"
+            match (host_crypto, portable::ECDSA_IN_WASM) {
+                (true, _) => "by the host (Envoy verify_signature) where possible",
+                (false, true) => "in Wasm (pure Rust); the host has no verify_signature",
+                (false, false) => {
+                    "in Wasm (pure Rust) but for ES256/ES384, which need the host's \
+                     verify_signature: this host has none"
+                }
             }
         );
+        if !host_crypto {
+            for missing in config.providers.iter().filter_map(HostCryptoMissing::of) {
+                warn!("{missing}");
+            }
+        }
         if let Some(old) = &self.state {
             // The old configuration's leases end now: their tokens go back before it goes.
             if let Ok(mut old) = old.try_borrow_mut() {
