@@ -15,6 +15,9 @@ impl ConfigDuration {
     }
 }
 
+/// What a duration is, in the message for a value that is not a string.
+pub(super) const EXPECTED: &str = "a duration string like \"250ms\", \"10s\", \"5m\" or \"1h\"";
+
 /// Parses `<whole number><unit>` with unit `ms`, `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || {
@@ -45,7 +48,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
         impl Visitor<'_> for DurationVisitor {
             type Value = ConfigDuration;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration string like \"250ms\", \"10s\", \"5m\" or \"1h\"")
+                f.write_str(EXPECTED)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 parse_duration(v).map(ConfigDuration).map_err(E::custom)

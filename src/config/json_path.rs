@@ -1,7 +1,9 @@
-//! The JSON path of a serde_json error, found after the fact: the configuration is deserialized
-//! with plain serde_json (no per-type path tracking compiled into the module), and only when that
-//! fails is the document scanned from the start up to the error's line and column, keeping the
-//! object keys and array indices open there.
+//! The JSON path of a serde_json error, found after the fact: the configuration's text is read
+//! into a tree with plain serde_json (`tree.rs`, no position tracking compiled into the module),
+//! and only when the text is not JSON is the document scanned from the start up to the error's
+//! line and column, keeping the object keys and array indices open there. (`read.rs` names the
+//! path of every other error itself; serde's derive, which the tests hold it to, had its data
+//! errors' paths found here too, hence the cases for them below.)
 //!
 //! The paths read as serde_path_to_error wrote them before (`rules[0].match.path`,
 //! `providers.corp.?` where a key could not be read); the unit test `paths_match_serde_path_to_error`
@@ -440,8 +442,8 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::super::raw::RawConfig;
+    use super::super::read::tests::reads_as_serde_did;
     use super::super::tests::design_example;
-    use super::super::validate::deserialize;
 
     /// What the configuration's errors said before: serde_path_to_error's path.
     fn oracle(json: &[u8]) -> Option<(String, String)> {
@@ -488,9 +490,11 @@ mod tests {
         ]
     }
 
+    /// The reader says what serde's derive said (the same structs, or the same error), and
+    /// names the path serde_path_to_error named.
     fn check(json: &[u8], checked: &mut usize) {
         let expected = oracle(json);
-        let got = deserialize(json).err().map(|e| (e.path, e.reason));
+        let got = reads_as_serde_did(json).err().map(|e| (e.path, e.reason));
         if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return;
         }

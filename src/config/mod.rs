@@ -5,8 +5,10 @@ mod conditions;
 mod duration;
 mod json_path;
 mod raw;
+mod read;
 #[cfg(feature = "cli")]
 pub mod schema;
+mod tree;
 mod validate;
 
 use std::fmt;

@@ -42,6 +42,13 @@ pub(super) fn design_example() -> Value {
     })
 }
 
+/// `config::parse`, after holding the reader to serde's derive on the same text: every
+/// configuration these tests write is read as serde read it.
+fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+    let _ = super::read::tests::reads_as_serde_did(json);
+    super::parse(json)
+}
+
 fn parse_value(value: &Value) -> Result<Config, ConfigError> {
     parse(value.to_string().as_bytes())
 }

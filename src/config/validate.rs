@@ -1,13 +1,12 @@
-//! Raw serde structs -> checked `Config`. Every refusal names the JSON path.
+//! Raw structs -> checked `Config`. Every refusal names the JSON path.
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::conditions;
-use super::json_path;
 use super::raw::*;
+use super::read;
 use super::*;
 use crate::auth::jwks::{parse_jwks, KeySet, SymmetricKeys};
 use crate::authz::pattern::{PathPattern, TextPattern};
@@ -19,38 +18,8 @@ const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 const DEFAULT_RLS_TIMEOUT: Duration = Duration::from_millis(100);
 
 pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
-    let raw = deserialize(json)?;
+    let raw = read::raw_config(json)?;
     Builder::default().build(raw)
-}
-
-pub(super) fn deserialize(json: &[u8]) -> Result<RawConfig, ConfigError> {
-    // serde would also read a struct from a JSON array; the contract is an object.
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ConfigError::new(
-            "",
-            "the configuration must be a JSON object",
-        ));
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    // Plain serde_json: the path is worked out from the error's position only on failure.
-    let raw = RawConfig::deserialize(&mut deserializer).map_err(|err| {
-        ConfigError::new(
-            json_path::path_of(json, &err),
-            without_position(&err.to_string()),
-        )
-    })?;
-    deserializer
-        .end()
-        .map_err(|err| ConfigError::new("", without_position(&err.to_string())))?;
-    Ok(raw)
-}
-
-/// serde_json appends " at line L column C"; the JSON path says more.
-fn without_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 /// Header names meshguard may read or write: RFC 9110 token characters, stored lower-case.
