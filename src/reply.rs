@@ -1,6 +1,8 @@
 //! The local replies meshguard sends instead of forwarding a request: status, headers and a
 //! small JSON body `{"error": ..., "reason": ...}` that never echoes the token.
 
+use serde::Serialize;
+
 use crate::accesslog::AuthzRecord;
 use crate::auth::error::AuthError;
 
@@ -17,8 +19,17 @@ pub struct LocalReply {
     pub authz: Option<AuthzRecord>,
 }
 
+/// The body's two members, in the order `json!` wrote them (a `Value` and its `Display`, both
+/// pretty and compact, cost the module ~4 KB more than this struct).
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    reason: &'a str,
+}
+
 fn json_body(error: &str, reason: &str) -> String {
-    serde_json::json!({ "error": error, "reason": reason }).to_string()
+    // Two strings always serialise.
+    serde_json::to_string(&Body { error, reason }).unwrap_or_default()
 }
 
 impl LocalReply {
@@ -261,5 +272,22 @@ mod tests {
             serde_json::from_str(&token_refused(AuthError::BadSignature).body).unwrap();
         assert_eq!(body["error"], "unauthenticated");
         assert_eq!(body["reason"], "token signature does not verify");
+    }
+
+    #[test]
+    fn bodies_are_written_as_the_json_value_wrote_them() {
+        for (error, reason) in [
+            ("unauthenticated", "token is missing"),
+            (
+                "forbidden",
+                "rule \"a\\b\" denies: caf\u{e9} \u{1} \n\t </script>",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(
+                json_body(error, reason),
+                serde_json::json!({ "error": error, "reason": reason }).to_string()
+            );
+        }
     }
 }

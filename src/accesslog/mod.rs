@@ -2,10 +2,9 @@
 //! facts the host gathers; rendered as one JSON line. Secrets never reach it: credential headers
 //! are dropped even when configured, the query is cut from the path, and no token is a field.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use smallvec::SmallVec;
 
 use crate::config::AccessLog;
@@ -171,9 +170,37 @@ struct Record<'a> {
     client_address: Option<&'a str>,
     #[serde(flatten)]
     verdict: &'a Verdict,
-    /// By name, as a JSON object's keys are written (sorted); borrowed, not copied.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    request_headers: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "ByName::is_empty")]
+    request_headers: ByName<'a>,
+}
+
+/// Headers by name, as a JSON object's keys are written (sorted), a repeated name keeping its
+/// last value; borrowed, not copied. Kept in order as they are added, a handful at most (the
+/// configured ones): a `BTreeMap` would add its own code and a stable sort to the module.
+#[derive(Default)]
+struct ByName<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> ByName<'a> {
+    fn insert(&mut self, name: &'a str, value: &'a str) {
+        match self.0.binary_search_by(|(n, _)| n.cmp(&name)) {
+            Ok(at) => {
+                if let Some(entry) = self.0.get_mut(at) {
+                    entry.1 = value;
+                }
+            }
+            Err(at) => self.0.insert(at, (name, value)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ByName<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().copied())
+    }
 }
 
 /// RFC 3339, UTC, milliseconds: `2026-11-25T01:02:03.456Z`.
@@ -216,12 +243,12 @@ pub fn render(exchange: &Exchange, verdict: &Verdict) -> String {
         .as_deref()
         .and_then(trace_id_of)
         .or(exchange.b3_trace_id.as_deref());
-    let request_headers = exchange
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_secret(name))
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
+    let mut request_headers = ByName::default();
+    for (name, value) in &exchange.headers {
+        if !is_secret(name) {
+            request_headers.insert(name, value);
+        }
+    }
     let record = Record {
         time: rfc3339(exchange.start_ms),
         request_id: exchange.request_id.as_deref(),

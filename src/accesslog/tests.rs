@@ -133,3 +133,34 @@ fn bytes_that_are_not_utf8_are_logged_escaped() {
     );
     assert_eq!(escaped(b"\xc3\xa9\xff"), "é\\xff");
 }
+
+#[test]
+fn logged_headers_are_written_by_name_the_last_of_a_repeated_name_winning() {
+    let mut exchange = exchange();
+    exchange.headers = [
+        ("x-tenant", "t1"),
+        ("user-agent", "curl/8"),
+        ("authorization", "Bearer secret"),
+        ("accept", "*/*"),
+        ("x-tenant", "t2"),
+        ("x-b3", "b"),
+        ("x-a", "a"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    let line = render(&exchange, &verdict());
+    // What a map keyed by name writes, as the record did with a `BTreeMap`.
+    let by_name: std::collections::BTreeMap<&str, &str> = exchange
+        .headers
+        .iter()
+        .filter(|(n, _)| !is_secret(n))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let expected = format!(
+        "\"request_headers\":{}}}",
+        serde_json::to_string(&by_name).unwrap()
+    );
+    assert!(line.ends_with(&expected), "{line}");
+    assert!(line.contains(r#""request_headers":{"accept":"*/*","user-agent":"curl/8","x-a":"a","x-b3":"b","x-tenant":"t2"}"#));
+}

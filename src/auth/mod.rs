@@ -88,7 +88,7 @@ pub fn authenticate(
         }
     }
 
-    let jws = match jws::parse(&token) {
+    let mut jws = match jws::parse(&token) {
         Ok(jws) => jws,
         Err(error) => return ProviderOutcome::Failed(error),
     };
@@ -130,6 +130,12 @@ pub fn authenticate(
             ProviderOutcome::Failed(error)
         }
         Ok(()) => {
+            let expires = verify::cache_expiry_s(
+                provider,
+                &jws,
+                now_s,
+                std::time::Duration::from_secs(VERIFIED_TTL_S),
+            );
             let verified = Rc::new(VerifiedToken {
                 provider: provider_index,
                 subject: jws.claims.sub.as_deref().map(Rc::from),
@@ -145,14 +151,9 @@ pub fn authenticate(
                     &jws.claims.all,
                     jws.payload_b64,
                 ),
-                claims: jws.claims.all.clone(),
+                // Moved, not copied: nothing reads the token's claims after this.
+                claims: std::mem::take(&mut jws.claims.all),
             });
-            let expires = verify::cache_expiry_s(
-                provider,
-                &jws,
-                now_s,
-                std::time::Duration::from_secs(VERIFIED_TTL_S),
-            );
             cache.insert(
                 provider_index,
                 &token,

@@ -18,6 +18,29 @@ impl ConfigDuration {
 /// What a duration is, in the message for a value that is not a string.
 pub(super) const EXPECTED: &str = "a duration string like \"250ms\", \"10s\", \"5m\" or \"1h\"";
 
+/// A duration as `{:?}` writes it (`250ms`, `1s`, `1.5s`, `3600s`), for log lines: `Debug`
+/// itself would link `Duration`'s decimal formatting (~2 KB of the module) for one warning.
+pub fn as_debug(duration: Duration) -> String {
+    let nanos = duration.subsec_nanos();
+    let (whole, fraction, digits, unit) = if duration.as_secs() > 0 {
+        (duration.as_secs(), nanos, 9, "s")
+    } else if nanos >= 1_000_000 {
+        (u64::from(nanos / 1_000_000), nanos % 1_000_000, 6, "ms")
+    } else if nanos >= 1_000 {
+        (u64::from(nanos / 1_000), nanos % 1_000, 3, "\u{b5}s")
+    } else {
+        (u64::from(nanos), 0, 0, "ns")
+    };
+    let mut text = whole.to_string();
+    if fraction > 0 {
+        let fraction = format!("{fraction:0digits$}");
+        text.push('.');
+        text.push_str(fraction.trim_end_matches('0'));
+    }
+    text.push_str(unit);
+    text
+}
+
 /// Parses `<whole number><unit>` with unit `ms`, `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || {
@@ -61,6 +84,25 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_debug_writes_what_debug_writes() {
+        let mut samples: Vec<Duration> = (0..=200_000).map(Duration::from_millis).collect();
+        samples.extend((0..=5_000).map(Duration::from_micros));
+        samples.extend((0..=5_000).map(Duration::from_nanos));
+        samples.extend([
+            Duration::from_secs(3_600),
+            Duration::from_secs(86_400 * 365),
+            Duration::new(1, 1),
+            Duration::new(12, 340_000_000),
+            Duration::from_nanos(1_000_001),
+            Duration::from_nanos(1_234_567),
+            Duration::MAX,
+        ]);
+        for duration in samples {
+            assert_eq!(as_debug(duration), format!("{duration:?}"));
+        }
+    }
 
     #[test]
     fn accepts_each_unit() {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use conditions::parse_key;
-pub use duration::{parse_duration, ConfigDuration};
+pub use duration::{as_debug, parse_duration, ConfigDuration};
 use validate::is_token_byte;
 
 use crate::auth::alg::Algorithm;

@@ -8,6 +8,7 @@
 //! Every waiting state has a deadline, so no lost answer holds a request or a fetch for good, and
 //! each stream's state is one entry of `streams`, removed in one place (`end`) when it goes.
 
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -639,14 +640,13 @@ impl Flow {
     /// here, the fetch may have failed, the deadline may have passed, or no fetch may be under
     /// way any more (then one starts).
     fn decide_waiting_for_keys(&mut self, vm: &mut dyn Vm, now_ms: u64, effects: &mut Effects) {
-        let mut waiting: Vec<StreamId> = self
+        let waiting = self
             .streams
             .iter()
             .filter(|(_, stream)| matches!(stream, Stream::AwaitingKeys { .. }))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| (0, *id))
             .collect();
-        waiting.sort_unstable();
-        for id in waiting {
+        for id in in_order(waiting) {
             let Some(Stream::AwaitingKeys {
                 request,
                 deadline_ms,
@@ -682,16 +682,15 @@ impl Flow {
 
     /// Decides the requests whose rate-limit answers are overdue, as if those had failed.
     fn decide_unanswered(&mut self, vm: &mut dyn Vm, now_ms: u64, effects: &mut Effects) {
-        let mut overdue: Vec<StreamId> = self
+        let overdue = self
             .streams
             .iter()
             .filter(|(_, stream)| {
                 matches!(stream, Stream::AwaitingRls { deadline_ms, .. } if *deadline_ms <= now_ms)
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _)| (0, *id))
             .collect();
-        overdue.sort_unstable();
-        for id in overdue {
+        for id in in_order(overdue) {
             if let Some(Stream::AwaitingRls { pending, calls, .. }) = self.streams.remove(&id) {
                 self.settle_answered(vm, id, pending, &calls, now_ms, effects);
             }
@@ -700,7 +699,7 @@ impl Flow {
 
     /// Forwards the delayed requests whose tokens are due, earliest first.
     fn forward_due(&mut self, now_ms: u64, effects: &mut Effects) {
-        let mut due: Vec<(u64, StreamId)> = self
+        let due = self
             .streams
             .iter()
             .filter_map(|(id, stream)| match stream {
@@ -708,8 +707,7 @@ impl Flow {
                 _ => None,
             })
             .collect();
-        due.sort_unstable();
-        for (_, id) in due {
+        for id in in_order(due) {
             if let Some(Stream::Delayed { held, record, .. }) = self.streams.remove(&id) {
                 effects
                     .outcomes
@@ -759,6 +757,17 @@ impl Flow {
         }
         Duration::from_millis(at_ms.saturating_sub(now_ms).max(1))
     }
+}
+
+/// The streams by `(key, id)`: by the key, then in the order they came (ids grow with each
+/// stream). One element type for every ordered walk over the streams, and a heap sort: the
+/// slice sorts are several KB of the module per instantiation, the heap's one is a fraction of
+/// that, and the keys are distinct, so every sort gives the same order.
+fn in_order(streams: Vec<(u64, StreamId)>) -> impl Iterator<Item = StreamId> {
+    BinaryHeap::from(streams)
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, id)| id)
 }
 
 fn millis(duration: Duration) -> u64 {

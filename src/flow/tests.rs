@@ -488,3 +488,17 @@ fn an_unknown_rate_limit_token_or_fetch_changes_nothing() {
     );
     assert!(w.vm.given_back.is_empty());
 }
+
+#[test]
+fn streams_are_walked_by_key_then_in_the_order_they_came() {
+    let streams = vec![
+        (5, StreamId(3)),
+        (0, StreamId(9)),
+        (5, StreamId(1)),
+        (2, StreamId(7)),
+        (0, StreamId(2)),
+    ];
+    let order: Vec<u32> = in_order(streams).map(|id| id.0).collect();
+    assert_eq!(order, [2, 9, 7, 1, 3]);
+    assert_eq!(in_order(Vec::new()).count(), 0);
+}

@@ -244,7 +244,68 @@ pub fn on_call_response(
     perform(state, effects, current_context, None, now);
 }
 
-pub struct MeshguardHttp {
+/// Every stream's context: one type for both cases, because the SDK instantiates all of its
+/// `Context` and `HttpContext` default methods for each type that implements them (wasm-opt
+/// folds most of the copies; a second type still cost 563 bytes of the module).
+pub enum MeshguardHttp {
+    Configured(ConfiguredStream),
+    /// No valid configuration was ever loaded: fail closed.
+    Unconfigured,
+}
+
+impl Context for MeshguardHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let MeshguardHttp::Configured(stream) = self {
+            on_grpc_response(
+                &stream.state,
+                token_id,
+                status_code,
+                response_size,
+                stream.context_id,
+            );
+        }
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let MeshguardHttp::Configured(stream) = self {
+            on_call_response(&stream.state, token_id, body_size, stream.context_id);
+        }
+    }
+}
+
+impl HttpContext for MeshguardHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self {
+            MeshguardHttp::Configured(stream) => stream.on_request_headers(),
+            MeshguardHttp::Unconfigured => {
+                carry_out(&Outcome::Reply(reply::internal_error()), false)
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let MeshguardHttp::Configured(stream) = self {
+            stream.export_verdict();
+            stream.add_response_headers();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let MeshguardHttp::Configured(stream) = self {
+            stream.on_log();
+        }
+    }
+}
+
+/// A stream served with a configuration (the host's side of it; the flow keeps its state).
+pub struct ConfiguredStream {
     pub context_id: u32,
     pub state: Rc<RefCell<VmState>>,
     pub start_ms: u64,
@@ -255,30 +316,8 @@ pub struct MeshguardHttp {
     pub export_pending: bool,
 }
 
-impl Context for MeshguardHttp {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        on_grpc_response(
-            &self.state,
-            token_id,
-            status_code,
-            response_size,
-            self.context_id,
-        );
-    }
-
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        on_call_response(&self.state, token_id, body_size, self.context_id);
-    }
-}
-
-impl HttpContext for MeshguardHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl ConfiguredStream {
+    fn on_request_headers(&mut self) -> Action {
         #[cfg(feature = "test-trap")]
         trap_when_asked();
         let refused = || carry_out(&Outcome::Reply(reply::internal_error()), false);
@@ -312,12 +351,6 @@ impl HttpContext for MeshguardHttp {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.export_verdict();
-        self.add_response_headers();
-        Action::Continue
-    }
-
     fn on_log(&mut self) {
         self.export_verdict();
         let Some(mut exchange) = self.exchange.take() else {
@@ -342,9 +375,7 @@ impl HttpContext for MeshguardHttp {
             let _ = hostcalls::log(LogLevel::Info, &accesslog::render(&exchange, verdict));
         }
     }
-}
 
-impl MeshguardHttp {
     /// Puts the decision in Envoy's filter state (`wasm.meshguard`), once, so Envoy's own access
     /// loggers can print it (`%FILTER_STATE(wasm.meshguard:PLAIN)%`).
     fn export_verdict(&mut self) {
@@ -375,7 +406,7 @@ impl MeshguardHttp {
     }
 }
 
-impl Drop for MeshguardHttp {
+impl Drop for ConfiguredStream {
     fn drop(&mut self) {
         // The stream's one exit: what it held goes, and tokens it reserved go back.
         if let Ok(mut st) = self.state.try_borrow_mut() {
@@ -393,16 +424,5 @@ impl Drop for MeshguardHttp {
 fn trap_when_asked() {
     if super::facts::request_header("x-meshguard-test-trap").is_some() {
         panic!("x-meshguard-test-trap: trapping as asked (test-trap build)");
-    }
-}
-
-/// Serves streams when no valid configuration was ever loaded: fail closed.
-pub struct Unconfigured;
-
-impl Context for Unconfigured {}
-
-impl HttpContext for Unconfigured {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        carry_out(&Outcome::Reply(reply::internal_error()), false)
     }
 }

@@ -209,8 +209,9 @@ pub fn finish_fetch(vm: &mut HostVm, provider: usize, body_size: usize, now_ms: 
         }
         None => {
             warn!(
-                "provider {name}: JWKS fetch from {} failed (timeout after {:?} or connection error)",
-                remote.uri, remote.timeout
+                "provider {name}: JWKS fetch from {} failed (timeout after {} or connection error)",
+                remote.uri,
+                crate::config::as_debug(remote.timeout)
             );
             false
         }

@@ -38,9 +38,9 @@ pub struct Metrics {
     ids: HashMap<String, u32>,
     /// Ids of the `Counter`s, by the enum's order, once defined.
     counter_ids: [Option<u32>; Counter::COUNT],
-    /// `meshguard_requests_total` ids by rule index (None for no rule) and decision, so
-    /// counting a request builds and hashes no metric name.
-    request_ids: HashMap<Option<usize>, Vec<(&'static str, u32)>>,
+    /// `meshguard_requests_total` ids by rule (index 0 for no rule, rule `i` at `i + 1`) and
+    /// decision, so counting a request builds and hashes no metric name.
+    request_ids: Vec<Vec<(&'static str, u32)>>,
     /// Counter increments not yet handed to Envoy, by metric id.
     pending: HashMap<u32, u64>,
 }
@@ -101,10 +101,10 @@ impl Metrics {
     /// Counts one request under `meshguard_requests_total{rule, decision}`; `rule` is the
     /// rule's index and name.
     pub fn count_request(&mut self, rule: Option<(usize, &str)>, decision: &'static str) {
-        let key = rule.map(|(index, _)| index);
+        let slot = rule.map_or(0, |(index, _)| index + 1);
         let known = self
             .request_ids
-            .get(&key)
+            .get(slot)
             .and_then(|ids| ids.iter().find(|(d, _)| *d == decision))
             .map(|(_, id)| *id);
         let id = match known {
@@ -115,10 +115,12 @@ impl Metrics {
                 else {
                     return;
                 };
-                self.request_ids
-                    .entry(key)
-                    .or_default()
-                    .push((decision, id));
+                if self.request_ids.len() <= slot {
+                    self.request_ids.resize_with(slot + 1, Vec::new);
+                }
+                if let Some(ids) = self.request_ids.get_mut(slot) {
+                    ids.push((decision, id));
+                }
                 id
             }
         };

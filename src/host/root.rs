@@ -11,7 +11,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use super::buckets;
 use super::crypto::{detect_host_crypto, HostVerifier};
-use super::http::{on_call_response, on_grpc_response, perform, MeshguardHttp, Unconfigured};
+use super::http::{on_call_response, on_grpc_response, perform, ConfiguredStream, MeshguardHttp};
 use super::jwks;
 use super::state::{now_ms, VmState};
 use crate::auth::portable::{self, HostCryptoMissing};
@@ -143,7 +143,7 @@ impl RootContext for MeshguardRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         match &self.state {
-            Some(state) => Some(Box::new(MeshguardHttp {
+            Some(state) => Some(Box::new(MeshguardHttp::Configured(ConfiguredStream {
                 context_id,
                 state: state.clone(),
                 start_ms: 0,
@@ -151,8 +151,8 @@ impl RootContext for MeshguardRoot {
                 export_pending: state
                     .try_borrow()
                     .map_or(true, |st| st.vm.config.access_log.filter_state),
-            })),
-            None => Some(Box::new(Unconfigured)),
+            }))),
+            None => Some(Box::new(MeshguardHttp::Unconfigured)),
         }
     }
 
