@@ -24,6 +24,20 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+}
+
+/// Sets the filter-state property at `path` (its parts joined by NUL bytes, as the ABI wants
+/// them) to `value`. The SDK's `set_property` builds the path from a `Vec<&str>` on every call:
+/// two allocations per request for a constant.
+pub fn set_property(path: &[u8], value: &[u8]) -> Status {
+    // SAFETY: both slices outlive the call; the host copies what it reads.
+    unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) }
 }
 
 /// The whole header map, serialized as Envoy hands it over (read it with `headermap::pairs`). The

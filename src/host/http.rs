@@ -10,7 +10,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use super::facts::{finish_exchange, finish_status, gather_request, Headers};
+use super::facts::{self, finish_exchange, finish_status, gather_request, Headers};
 use super::jwks;
 use super::metrics::Counter;
 use super::state::{now_ms, VmState};
@@ -19,6 +19,9 @@ use crate::auth::remote::FetchReason;
 use crate::flow::{Effects, FetchEnd, Outcome, RlsCall, StreamId};
 use crate::ratelimit::{rls, GlobalAnswer, GlobalCheck};
 use crate::reply;
+
+/// Bytes reserved for the decision exported to filter state: most fit.
+const VERDICT_CAPACITY: usize = 256;
 
 /// Carries out an outcome on the current (effective) context; `resume` a paused stream. Called
 /// with no borrow of the VM state held: resuming a stream can re-enter the VM.
@@ -383,14 +386,15 @@ impl ConfiguredStream {
             return;
         }
         let json = match self.state.try_borrow() {
-            Ok(st) => st
-                .flow
-                .verdict(StreamId(self.context_id))
-                .and_then(|v| serde_json::to_string(v).ok()),
+            Ok(st) => st.flow.verdict(StreamId(self.context_id)).and_then(|v| {
+                // Room for a typical decision up front: growing would copy it several times.
+                let mut json = Vec::with_capacity(VERDICT_CAPACITY);
+                serde_json::to_writer(&mut json, v).ok().map(|()| json)
+            }),
             Err(_) => None,
         };
         if let Some(json) = json {
-            let _ = hostcalls::set_property(vec!["meshguard"], Some(json.as_bytes()));
+            let _ = facts::set_property(b"meshguard", &json);
             self.export_pending = false;
         }
     }
