@@ -839,6 +839,28 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_or_not_json_are_refused_as_serde_did() {
+        let documents: [&[u8]; 9] = [
+            b"{\"unmatched\": \"\xff\"}",
+            b"{\"rules\": [{\"name\": \"a\xc3\"}]}",
+            b"{\"unma\xfftched\": 1}",
+            b"{\"unmatched\": \"allow\"}\xff",
+            b"{\xff}",
+            b"{\"unmatched\": \"\\ud800\"}",
+            b"{\"unmatched\": \"\0\"}",
+            b"{\"rules\": [{\"name\": \"a\", \"match\": {\"headers\": {\"x\": \"\xed\xa0\x80\"}}}]}",
+            b"\xef\xbb\xbf{}",
+        ];
+        for json in documents {
+            assert!(
+                reads_as_serde_did(json).is_err(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+
+    #[test]
     fn a_field_given_twice_is_refused_where_serde_refused_it() {
         assert_eq!(
             error(r#"{"rules": [{"name": "a", "dry_run": true, "name": "b"}]}"#),
