@@ -67,12 +67,11 @@ pub fn carry_out(outcome: &Outcome, resume: bool) -> Action {
 /// outcomes are inline, and the queue is used only when a call brings more effects).
 pub fn perform(
     state: &Rc<RefCell<VmState>>,
-    mut effects: Effects,
+    effects: Effects,
     current: u32,
     opening: Option<StreamId>,
     now_ms: u64,
 ) -> Option<Outcome> {
-    wake_for_leases(state, &mut effects, now_ms);
     set_tick(&effects);
     let Effects {
         mut outcomes,
@@ -82,9 +81,7 @@ pub fn perform(
     } = effects;
     let mut queue = VecDeque::new();
     send_calls(state, fetches, rls_checks, &mut queue, now_ms);
-    let mut brought_more = false;
     while let Some(effects) = queue.pop_front() {
-        brought_more = true;
         outcomes.extend(effects.outcomes);
         send_calls(
             state,
@@ -94,12 +91,9 @@ pub fn perform(
             now_ms,
         );
     }
-    if brought_more {
-        // Requests decided by what a call brought may have taken leases too.
-        let mut effects = Effects::default();
-        wake_for_leases(state, &mut effects, now_ms);
-        set_tick(&effects);
-    }
+    // Once every request of this event is decided, those a call brought included: a lease
+    // taken or kept ends on a tick (asked for only if sooner than the ticks set above).
+    wake_for_leases(state, now_ms);
     let mut own = None;
     let mut switched = false;
     for (id, outcome) in outcomes {
@@ -116,14 +110,16 @@ pub fn perform(
     own
 }
 
-/// A lease taken or kept on this event ends on a tick: asks for one by the earliest end.
-fn wake_for_leases(state: &Rc<RefCell<VmState>>, effects: &mut Effects, now_ms: u64) {
+/// Sets a tick by the earliest end of this VM's leases, unless one is due by then already.
+fn wake_for_leases(state: &Rc<RefCell<VmState>>, now_ms: u64) {
+    let mut effects = Effects::default();
     if let Ok(mut st) = state.try_borrow_mut() {
         let VmState { flow, vm } = &mut *st;
         if let Some(end_ms) = vm.buckets.next_lease_end_ms() {
-            flow.wake_by(end_ms, now_ms, effects);
+            flow.wake_by(end_ms, now_ms, &mut effects);
         }
     }
+    set_tick(&effects);
 }
 
 /// Sends the key fetches and rate-limit checks the flow asked for, reporting each back; what
