@@ -281,7 +281,9 @@ def footprint(envoys, workdir, starts):
 
 
 def process_cpu_ms(pid):
-    """User + system CPU time of a process, all its threads, in ms."""
+    """User + system CPU time of a process, all its threads, in ms: /proc/PID/stat also counts
+    threads that have ended, which `Envoy.cpu_seconds` (live threads' schedstat, for the deltas
+    of a run) would miss at start-up."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 

@@ -11,6 +11,8 @@ starts implementing cannot stay unexported."""
 import sys
 from pathlib import Path
 
+from wasm_sections import leb
+
 DROPPED = {
     "proxy_on_request_body": "on_http_request_body",
     "proxy_on_request_trailers": "on_http_request_trailers",
@@ -28,17 +30,6 @@ DROPPED = {
     "proxy_on_done": "on_done",
 }
 EXPORT_SECTION = 7
-
-
-def leb(data, at):
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, at
 
 
 def encode_leb(value):
