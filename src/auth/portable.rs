@@ -36,7 +36,7 @@ pub fn verifies_in_wasm(alg: Algorithm) -> bool {
 /// The algorithms `provider` allows that this build cannot verify without the host's
 /// `verify_signature`, and that its keys may need: for `local_jwks`, those some key fits; for
 /// `remote_jwks`, all (the set is not known before it is fetched). Empty when nothing is lost.
-pub fn needs_host_crypto(provider: &Provider) -> Vec<Algorithm> {
+fn needs_host_crypto(provider: &Provider) -> Vec<Algorithm> {
     provider
         .algorithms
         .iter()
