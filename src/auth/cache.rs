@@ -8,9 +8,10 @@
 //! digest inside Wasm (measured: see README, Performance). Memory is bounded by entry count
 //! and by the bytes of the tokens held.
 
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 use serde_json::{Map, Value};
 
 use super::error::AuthError;
@@ -46,7 +47,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct TokenCache {
     /// One map per provider, keyed by the token.
-    by_provider: Vec<HashMap<Box<str>, Entry>>,
+    by_provider: Vec<HashMap<TokenKey, Entry>>,
     entries: usize,
     bytes: usize,
     capacity: usize,
@@ -97,7 +98,7 @@ impl TokenCache {
             self.misses += 1;
             return None;
         };
-        match map.get(token) {
+        match map.get(&Token(token)) {
             Some(entry)
                 if now_s < entry.expires_at_s && entry.keys_generation == keys_generation =>
             {
@@ -105,7 +106,7 @@ impl TokenCache {
                 Some(entry.outcome.clone())
             }
             Some(_) => {
-                map.remove(token);
+                map.remove(&Token(token));
                 self.entries -= 1;
                 self.bytes -= token.len();
                 self.misses += 1;
@@ -141,7 +142,7 @@ impl TokenCache {
         if let Some(existing) = self
             .by_provider
             .get_mut(provider)
-            .and_then(|map| map.get_mut(token))
+            .and_then(|map| map.get_mut(&Token(token)))
         {
             *existing = entry;
             return;
@@ -150,7 +151,7 @@ impl TokenCache {
             self.make_room(now_s, token.len());
         }
         if let Some(map) = self.by_provider.get_mut(provider) {
-            map.insert(token.into(), entry);
+            map.insert(TokenKey(token.into()), entry);
             self.entries += 1;
             self.bytes += token.len();
         }
@@ -165,7 +166,7 @@ impl TokenCache {
         self.recount();
         if self.entries >= self.capacity || self.bytes + incoming > self.max_bytes {
             for map in &mut self.by_provider {
-                let victims: Vec<Box<str>> =
+                let victims: Vec<TokenKey> =
                     map.keys().take(map.len().div_ceil(4)).cloned().collect();
                 for victim in victims {
                     map.remove(&victim);
@@ -181,9 +182,61 @@ impl TokenCache {
             .by_provider
             .iter()
             .flat_map(|map| map.keys())
-            .map(|token| token.len())
+            .map(|token| token.0.len())
             .sum();
     }
+}
+
+/// A token held as a key. Equal keys are found by comparing eight bytes at a time: the libc
+/// `memcmp` behind `str`'s equality walks byte by byte in Wasm (about 8x slower in V8), and a
+/// cache hit compares every byte of a token (hundreds to thousands) on every request.
+#[derive(Debug, Clone)]
+struct TokenKey(Box<str>);
+
+/// A token looked up, borrowed from the request; hashes as the `TokenKey` holding it.
+struct Token<'a>(&'a str);
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Hash for Token<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for TokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        same_bytes(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for TokenKey {}
+
+impl Equivalent<TokenKey> for Token<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        same_bytes(self.0.as_bytes(), key.0.as_bytes())
+    }
+}
+
+/// `a == b`, eight bytes at a time.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a_words, mut b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut differ = 0u64;
+    for (x, y) in (&mut a_words).zip(&mut b_words) {
+        differ |= word(x) ^ word(y);
+    }
+    differ == 0 && a_words.remainder() == b_words.remainder()
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(<[u8; 8]>::try_from(bytes).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -270,5 +323,38 @@ mod tests {
             assert!(cache.bytes() <= 64 * 1024, "{} bytes held", cache.bytes());
         }
         assert!(!cache.is_empty());
+    }
+
+    #[test]
+    fn tokens_differing_in_any_one_byte_are_different_entries() {
+        let token: String = (0..37).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let mut cache = TokenCache::default();
+        cache.insert(0, &token, verified(), 0, 100, 1);
+        for at in 0..token.len() {
+            let mut other = token.clone().into_bytes();
+            other[at] = b'.';
+            let other = String::from_utf8(other).unwrap();
+            assert!(cache.get(0, &other, 10, 1).is_none(), "byte {at}");
+        }
+        assert!(cache.get(0, &token[..36], 10, 1).is_none());
+        assert!(cache.get(0, &token, 10, 1).is_some());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn same_bytes_is_equality(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            proptest::prop_assert_eq!(same_bytes(&a, &b), a == b);
+            proptest::prop_assert!(same_bytes(&a, &a));
+            if !a.is_empty() && flip.1 != 0 {
+                let mut c = a.clone();
+                let at = flip.0 % c.len();
+                c[at] ^= flip.1;
+                proptest::prop_assert!(!same_bytes(&a, &c));
+            }
+        }
     }
 }

@@ -19,6 +19,8 @@ enum Call {
     SharedGet,
     SharedCas,
     SetHeader,
+    /// `set_header`'s header added (`proxy_add_header_map_value`): for a header the request lacks.
+    AddHeader,
     RemoveHeader,
     Log,
     /// meshguard's auth path call by call: read :path and the token, remove it, set the claim.
@@ -52,6 +54,7 @@ impl RootContext for Probe {
             "shared_get" => Call::SharedGet,
             "shared_cas" => Call::SharedCas,
             "set_header" => Call::SetHeader,
+            "add_header" => Call::AddHeader,
             "remove_header" => Call::RemoveHeader,
             "log" => Call::Log,
             "auth_calls" => Call::AuthCalls,
@@ -88,6 +91,7 @@ impl HttpContext for Probe {
                     }
                 }
                 Call::SetHeader => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-probe", Some("alice"))),
+                Call::AddHeader => drop(hostcalls::add_map_value(MapType::HttpRequestHeaders, "x-probe", "alice")),
                 // The first removes the header; later ones find it gone (as a second remove would).
                 Call::RemoveHeader => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None)),
                 Call::AuthCalls => {
