@@ -43,7 +43,8 @@ CALLS = [
     ("shared_cas", "proxy_get_shared_data + proxy_set_shared_data", "a bucket slot read and compare-and-swap"),
     ("set_property", "proxy_set_property", "the filter-state export"),
     ("remove_header", "proxy_remove_header_map_value", "the token removed (forward: false)"),
-    ("set_header", "proxy_replace_header_map_value", "a claim header"),
+    ("set_header", "proxy_replace_header_map_value", "a claim header the client also sent"),
+    ("add_header", "proxy_add_header_map_value", "a claim header the client did not send"),
     # meshguard's own access log, at the end of the stream (the probe makes these in on_log).
     ("response_property", "proxy_get_property", "response.code (and request/response.total_size) in on_log"),
     ("log", "proxy_log", "one access-log line, info"),

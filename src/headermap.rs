@@ -31,6 +31,7 @@ pub fn pairs(bytes: &[u8]) -> Pairs<'_> {
         count: if data_at.is_some() { count } else { 0 },
         index: 0,
         data_at: data_at.unwrap_or(0),
+        broken: data_at.is_none(),
     }
 }
 
@@ -39,6 +40,15 @@ pub struct Pairs<'b> {
     count: usize,
     index: usize,
     data_at: usize,
+    broken: bool,
+}
+
+impl Pairs<'_> {
+    /// Whether the map was found inconsistent (so far): then some headers were not yielded.
+    /// Not being broken once every pair was read means every header Envoy holds was seen.
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
 }
 
 impl<'b> Pairs<'b> {
@@ -69,6 +79,7 @@ impl<'b> Iterator for Pairs<'b> {
         self.index = if pair.is_some() {
             self.index + 1
         } else {
+            self.broken = true;
             self.count
         };
         pair
@@ -136,5 +147,21 @@ mod tests {
         lying.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&lying).is_empty());
         assert!(decode(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_map_is_broken_when_some_header_could_not_be_read() {
+        let read_all = |bytes: &[u8]| {
+            let mut pairs = pairs(bytes);
+            let count = pairs.by_ref().count();
+            (count, pairs.broken())
+        };
+        let whole = encode(&[(b"a", b"1"), (b"b", b"2")]);
+        assert_eq!(read_all(&whole), (2, false));
+        assert_eq!(read_all(&encode(&[])), (0, false));
+        // Cut anywhere before the last NUL (which is not needed): some header is missing.
+        for cut in 0..whole.len() - 1 {
+            assert!(read_all(&whole[..cut]).1, "cut {cut}");
+        }
     }
 }

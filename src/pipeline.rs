@@ -17,16 +17,19 @@ use crate::ratelimit::bucket::Take;
 use crate::ratelimit::key::KeyFacts;
 use crate::ratelimit::{self, BucketStore, GlobalAnswer, GlobalCheck, Outcomes, PolicyOutcome};
 use crate::reply::{self, LocalReply};
-use crate::request::Request;
+use crate::request::{Request, WrittenSent};
 use crate::rules::{self, match_rule};
 
-/// Header changes for the upstream request (removals first, then sets), and headers for the
-/// response on its way back. Names and token values are shared (`Names`, the cached token), and
+/// Header changes for the upstream request (removals first, then sets and adds), and headers for
+/// the response on its way back. Names and token values are shared (`Names`, the cached token), and
 /// the few changes of a request are kept inline: deciding copies no string for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mutations {
     pub remove: SmallVec<[Rc<str>; 4]>,
+    /// Each replaces every value the client sent under its name.
     pub set: SmallVec<[(Rc<str>, Rc<str>); 2]>,
+    /// Headers meshguard writes that the client is known not to have sent (`WrittenSent`).
+    pub add: SmallVec<[(Rc<str>, Rc<str>); 2]>,
     /// A new `:path` (a token parameter removed).
     pub path: Option<String>,
     /// Added to the response (rate-limit headers of policies with `enable_ratelimit_headers`).
@@ -144,7 +147,13 @@ pub fn decide(
     let mut mutations = Mutations::default();
     // Anti-spoofing: whatever a client sent under a header meshguard writes is dropped on
     // every request, whether or not this request ends up setting it.
-    mutations.remove.extend(names.written().iter().cloned());
+    mutations.remove.extend(
+        names
+            .written()
+            .iter()
+            .filter(|name| request.written_sent.may_have(name))
+            .cloned(),
+    );
     mutations.remove.extend(
         request
             .underscore_twins
@@ -253,12 +262,7 @@ pub fn decide(
                     None => push_unique_name(&mut mutations.remove, names, "cookie"),
                 }
             }
-            // Setting a header replaces every client-sent value, so removing it first would
-            // only cost another call into Envoy.
-            let set = &mutations.set;
-            mutations
-                .remove
-                .retain(|name| !set.iter().any(|(written, _)| written == name));
+            settle_sets(&mut mutations, names, &request.written_sent);
             let allowed = Allowed {
                 rule: Some(rule_index),
                 mutations,
@@ -536,6 +540,29 @@ fn finish(config: &Config, allowed: Allowed, verdict: ratelimit::Verdict) -> Set
 fn push_unique<'n>(list: &mut Vec<&'n str>, item: &'n str) {
     if !list.contains(&item) {
         list.push(item);
+    }
+}
+
+/// Setting a header replaces every value the client sent, so one that is set needs no removal
+/// first (another call into Envoy); the last value set under a name is the one that goes
+/// upstream, as successive replaces would leave it. A header meshguard writes that the client is
+/// known not to have sent is added instead of replaced.
+fn settle_sets(mutations: &mut Mutations, names: &Names, sent: &WrittenSent) {
+    let mut last_first: SmallVec<[(Rc<str>, Rc<str>); 2]> = SmallVec::new();
+    for (name, value) in mutations.set.drain(..).rev() {
+        if !last_first.iter().any(|(kept, _)| *kept == name) {
+            last_first.push((name, value));
+        }
+    }
+    mutations
+        .remove
+        .retain(|name| !last_first.iter().any(|(set, _)| set == name));
+    for (name, value) in last_first.into_iter().rev() {
+        if names.written().contains(&name) && !sent.may_have(&name) {
+            mutations.add.push((name, value));
+        } else {
+            mutations.set.push((name, value));
+        }
     }
 }
 

@@ -31,6 +31,30 @@ pub struct Request<'a> {
     /// (`x_user` for `x-user`): removed like the header itself, since CGI, WSGI and many
     /// frameworks read both names as one.
     pub underscore_twins: Vec<String>,
+    /// Which headers meshguard writes the client sent, when the host has seen them all.
+    pub written_sent: WrittenSent,
+}
+
+/// What the host knows of the headers meshguard writes (`Config::output_headers`) on a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WrittenSent {
+    /// Not known (no whole header map was read): each is removed, or replaced where it is set.
+    #[default]
+    Unknown,
+    /// The host read the whole header map: the client sent exactly these (as configured). One
+    /// it did not send needs no removal, and one meshguard sets is added (Envoy's add is about
+    /// half the cost of its replace, which first looks for and drops every copy).
+    Known(Vec<String>),
+}
+
+impl WrittenSent {
+    /// Whether `name` (one meshguard writes) may be on the request.
+    pub fn may_have(&self, name: &str) -> bool {
+        match self {
+            WrittenSent::Unknown => true,
+            WrittenSent::Known(sent) => sent.iter().any(|sent| sent == name),
+        }
+    }
 }
 
 /// A header's name and value.
@@ -136,6 +160,7 @@ impl<'a> Request<'a> {
             port: None,
             peer: None,
             underscore_twins: Vec::new(),
+            written_sent: WrittenSent::Unknown,
         }
     }
 
@@ -152,6 +177,7 @@ impl<'a> Request<'a> {
             port: self.port,
             peer: self.peer,
             underscore_twins: self.underscore_twins,
+            written_sent: self.written_sent,
         }
     }
 

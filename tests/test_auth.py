@@ -225,6 +225,29 @@ def test_client_sent_output_headers_are_removed_on_every_request(envoy, signers)
     assert "x-roles" not in seen and "x-partner" not in seen
 
 
+def raw_get_seen(envoy, path, headers):
+    """What the upstream saw of a GET sent with exactly these headers (repeats, case)."""
+    status, _, body = envoy.raw_get(path, headers)
+    assert status == 200, (status, body)
+    return json.loads(body)["headers"]
+
+
+def test_output_headers_arrive_once_whether_or_not_the_client_sent_them(envoy, signers):
+    # meshguard adds a header the client did not send and replaces one it did (issue 15):
+    # either way the upstream sees exactly meshguard's value, however the client repeated or
+    # cased its own.
+    token = signers["ES256"].sign()
+    auth = ("authorization", f"Bearer {token}")
+    assert raw_get_seen(envoy, "/api/orders", [auth])["x-user"] == ["alice"]
+    spoofs = [("X-User", "root"), ("x-user", "admin"), ("x-USER", "r2"), ("X-Jwt-Payload", "e30"), ("x_user", "u")]
+    seen = raw_get_seen(envoy, "/api/orders", [spoofs[0], auth, *spoofs[1:]])
+    assert seen["x-user"] == ["alice"]
+    assert seen["x-jwt-payload"] == [token.split(".")[1]]
+    assert "x_user" not in seen and "x-roles" not in seen
+    open_seen = raw_get_seen(envoy, "/healthz", spoofs)
+    assert not {"x-user", "x-jwt-payload", "x_user"} & set(open_seen)
+
+
 def test_token_is_removed_from_query_and_cookie(envoy, signers):
     token = signers["ES256"].sign()
     seen = seen_upstream(envoy.get(f"/api/orders?page=2&access_token={token}"))

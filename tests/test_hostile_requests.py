@@ -6,7 +6,6 @@ never lets an ambiguous request through, and its VM never fails."""
 
 import hashlib
 import hmac
-import http.client
 import json
 import time
 
@@ -77,15 +76,7 @@ def envoy(tmp_path_factory, upstream, es256):
 
 def raw(envoy, path, headers=()):
     """Sends exactly these headers (repeats included); returns (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", envoy.listener_port, timeout=10)
-    conn.putrequest("GET", path, skip_accept_encoding=True)
-    for name, value in headers:
-        conn.putheader(name, value)
-    conn.endheaders()
-    response = conn.getresponse()
-    body = response.read()
-    conn.close()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    return envoy.raw_get(path, headers)
 
 
 def bearer(token):

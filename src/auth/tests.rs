@@ -2,7 +2,9 @@
 //! verdicts. (Integration tests repeat the important ones inside real Envoy.)
 
 use crate::names::Names;
+use crate::request::WrittenSent;
 use std::cell::Cell;
+use std::rc::Rc;
 
 use serde_json::json;
 
@@ -209,6 +211,89 @@ fn underscore_twins_of_written_headers_are_removed_too() {
             allowed.mutations.remove.contains(&header.into()),
             "{header}"
         );
+    }
+}
+
+fn names_of(list: &[Rc<str>]) -> Vec<&str> {
+    list.iter().map(|name| &**name).collect()
+}
+
+fn set_names(list: &[(Rc<str>, Rc<str>)]) -> Vec<&str> {
+    list.iter().map(|(name, _)| &**name).collect()
+}
+
+#[test]
+fn written_headers_the_client_did_not_send_are_added_not_removed_and_replaced() {
+    let config = config_with(json!({}), default_rules());
+    let token = eddsa_token("ed1", valid_claims());
+    let mut clean = request("/api/x", &[("authorization", &bearer(&token))]);
+    clean.written_sent = WrittenSent::Known(Vec::new());
+    let Decision::Allow(allowed) = run(&config, &clean) else {
+        panic!()
+    };
+    assert_eq!(names_of(&allowed.mutations.remove), ["authorization"]);
+    assert!(allowed.mutations.set.is_empty());
+    assert_eq!(
+        set_names(&allowed.mutations.add),
+        ["x-user", "x-roles", "x-jwt-payload"]
+    );
+    assert!(allowed
+        .mutations
+        .add
+        .contains(&("x-user".into(), "alice".into())));
+}
+
+#[test]
+fn written_headers_the_client_sent_are_replaced_or_removed() {
+    let config = config_with(json!({}), default_rules());
+    let mut claims = valid_claims();
+    claims.custom = json!({}); // no roles: x-roles is not set, so the client's is removed
+    let token = eddsa_token("ed1", claims);
+    let mut spoofed = request(
+        "/api/x",
+        &[("authorization", &bearer(&token)), ("x-user", "root")],
+    );
+    spoofed.written_sent = WrittenSent::Known(vec!["x-user".into(), "x-roles".into()]);
+    let Decision::Allow(allowed) = run(&config, &spoofed) else {
+        panic!()
+    };
+    assert_eq!(
+        names_of(&allowed.mutations.remove),
+        ["x-roles", "authorization"]
+    );
+    assert_eq!(set_names(&allowed.mutations.set), ["x-user"]);
+    assert_eq!(set_names(&allowed.mutations.add), ["x-jwt-payload"]);
+
+    let mut open = request("/healthz", &[]);
+    open.written_sent = WrittenSent::Known(vec!["x-jwt-payload".into()]);
+    let Decision::Allow(allowed) = run(&config, &open) else {
+        panic!()
+    };
+    assert_eq!(names_of(&allowed.mutations.remove), ["x-jwt-payload"]);
+}
+
+#[test]
+fn the_last_value_set_under_a_name_wins_once() {
+    let shared = json!({"claim_to_headers": [
+        {"claim_name": "sub", "header_name": "x-user"},
+        {"claim_name": "roles", "header_name": "x-user"}
+    ]});
+    let config = config_with(shared, default_rules());
+    let token = eddsa_token("ed1", valid_claims());
+    for sent in [WrittenSent::Unknown, WrittenSent::Known(Vec::new())] {
+        let mut req = request("/api/x", &[("authorization", &bearer(&token))]);
+        req.written_sent = sent.clone();
+        let Decision::Allow(allowed) = run(&config, &req) else {
+            panic!()
+        };
+        let all: Vec<_> = allowed
+            .mutations
+            .set
+            .iter()
+            .chain(&allowed.mutations.add)
+            .filter(|(name, _)| &**name == "x-user")
+            .collect();
+        assert_eq!(all, [&("x-user".into(), "read,write".into())], "{sent:?}");
     }
 }
 

