@@ -23,12 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.envoy import WASM, Envoy, meshguard_filter  # noqa: E402
 from support.servers import free_port  # noqa: E402
 from support.jose import AUDIENCE, ISSUER, Signer, jwks  # noqa: E402
+from heap_profile import allocation_sizes  # noqa: E402
 
 NOOP_WASM = REPO / "benches/noop-filter/target/wasm32-wasip1/release/noop_filter.wasm"
 PROBE_WASM = REPO / "benches/hostcall-probe/target/wasm32-wasip1/release/hostcall_probe.wasm"
@@ -243,12 +246,14 @@ def footprint(envoys, workdir, starts):
     --concurrency 2 has), Envoy's own CPU time at that moment (V8 compiling the module is most of
     it: this V8 compiles it all with TurboFan before the first request, on background threads, so
     this figure does not depend on the cores), and wall time pinned to one CPU. Memory: Envoy's
-    allocated bytes after 1 s of traffic, with both CPUs."""
+    allocated bytes after 1 s of traffic, with both CPUs, and the largest single allocation in
+    Envoy's heap profile over the starts (`heap_profile.py`: V8's serialized copy of the
+    compiled module, where it was sampled)."""
     all_cpus = set(range(os.cpu_count() or 1))
     own_cpus = os.sched_getaffinity(0)
     rows = {}
     for name, make in envoys.items():
-        ready, cpu_at_ready, ready_one_cpu, allocated = [], [], [], []
+        ready, cpu_at_ready, ready_one_cpu, allocated, largest = [], [], [], [], [0]
         for attempt in range(starts):
             for pinned in (False, True):
                 envoy = make(Path(workdir) / f"fp-{len(rows)}-{attempt}-{int(pinned)}")
@@ -269,6 +274,9 @@ def footprint(envoys, workdir, starts):
                     cpu_at_ready.append(process_cpu_ms(envoy.process.pid))
                     wrk(envoy.listener_port, None, 1, 8, 1)
                     allocated.append(envoy.stat("server.memory_allocated") / 2**20)
+                    dump = requests.get(f"http://127.0.0.1:{envoy.admin_port}/heap_dump", timeout=10)
+                    if dump.ok:
+                        largest += allocation_sizes(dump.content)
                 finally:
                     envoy.stop()
         rows[name] = {
@@ -276,6 +284,7 @@ def footprint(envoys, workdir, starts):
             "cpu_at_ready_ms": statistics.median(cpu_at_ready),
             "ready_one_cpu_ms": statistics.median(ready_one_cpu),
             "allocated_mib": statistics.median(allocated),
+            "largest_allocation_mib": max(largest) / 2**20,
         }
     return rows
 
@@ -480,9 +489,11 @@ def render(meta, plan, summary, start_up, calls):
     if calls:
         lines += ["", f"| one call from a Rust proxy-wasm filter into Envoy (benches/hostcall-probe, {PROBE_REPEAT} per request) | Envoy CPU µs per call (or per sequence) |", "|---|---:|"]
         lines += [f"| {name} | {cost:.2f} |" for name, cost in calls.items()]
-    lines += ["", "| start-up and footprint (`--concurrency 2`) | start to ready, 2 CPUs (ms) | Envoy CPU at ready (ms) | start to ready, 1 CPU (ms) | Envoy allocated memory (MiB) |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "| start-up and footprint (`--concurrency 2`) | start to ready, 2 CPUs (ms) | Envoy CPU at ready (ms) | start to ready, 1 CPU (ms) | Envoy allocated memory (MiB) | of which the largest allocation (MiB) |", "|---|---:|---:|---:|---:|---:|"]
     for name, row in start_up.items():
-        lines.append(f"| {name} | {row['ready_ms']:.0f} | {row.get('cpu_at_ready_ms', 0):.0f} | {row.get('ready_one_cpu_ms', 0):.0f} | {row['allocated_mib']:.1f} |")
+        lines.append(f"| {name} | {row['ready_ms']:.0f} | {row.get('cpu_at_ready_ms', 0):.0f} | {row.get('ready_one_cpu_ms', 0):.0f} | {row['allocated_mib']:.1f} | {row.get('largest_allocation_mib', 0):.2f} |")
+    if start_up:
+        lines += ["", "The largest allocation, where a heap profile sampled it: V8's serialized copy of the compiled module, which proxy-wasm keeps to clone the module into each worker's VM (V8's Wasm C API shares a module by serializing it); once per Envoy, whatever the worker count."]
     rustc = f" ({meta['wasm_rustc_bytes']:,} as rustc wrote it, before `wasm-opt -O3`)" if meta.get("wasm_rustc_bytes") else ""
     lines += ["", f"meshguard.wasm: {meta['wasm_bytes']:,} bytes{rustc}.", ""]
     return "\n".join(lines)
