@@ -69,6 +69,20 @@ def test_exactly_max_tokens_pass_in_a_parallel_burst_across_workers(envoy):
     assert statuses.count(429) == 100
 
 
+def test_new_keys_reached_by_both_workers_at_once_get_exactly_their_bucket(envoy):
+    # Each key's slot is created when a key first reaches it (issue 15: no slots made up front),
+    # here by requests on both workers at the same moment: creation must neither erase a take
+    # (a refill) nor refuse what the bucket holds.
+    keys = [f"fresh-{time.monotonic_ns()}-{i}" for i in range(24)]
+    jobs = [key for key in keys for _ in range(5)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(pool.map(lambda key: (key, fresh_get(envoy, "/per-key", {"x-api-key": key})[0].status_code), jobs))
+    for key in keys:
+        mine = [status for k, status in statuses if k == key]
+        assert sorted(mine) == [200, 200, 429, 429, 429], (key, mine)
+    assert len(worker_connections(envoy)) == 2 and all(worker_connections(envoy)), worker_connections(envoy)
+
+
 def statuses_over_connections(envoy, path, headers, connections, per_connection):
     """Statuses of `per_connection` requests on each of `connections` keep-alive connections, sent
     at once: Envoy spreads connections, not requests, over its workers."""

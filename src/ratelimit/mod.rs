@@ -4,6 +4,7 @@
 //! each worker's leased batches in front (`lease`).
 
 pub mod bucket;
+pub mod create;
 pub mod headers;
 pub mod key;
 pub mod lease;
