@@ -43,7 +43,7 @@ impl SharedSlots for SharedData {
         if let Some((value, version)) = Host.get(name) {
             return (value, Some(version));
         }
-        if create::ensure_slot(&mut Host, name, &self.holder, now_ms()) {
+        if create::ensure_slot(&mut Host, name, &self.holder, &mut now_ms) {
             if let Some((value, version)) = Host.get(name) {
                 return (value, Some(version));
             }

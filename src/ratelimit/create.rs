@@ -11,15 +11,18 @@
 //! VM on the main thread before any worker runs one (see `host::seed`), so it exists before any
 //! worker takes it; a later VM finds it. A holder keeps it for three calls into Envoy within one
 //! callback; one that never lets go (a VM that trapped in between) is overtaken once its
-//! deadline has passed. A worker that cannot get the lock in `LOCK_ATTEMPTS` tries creates
+//! deadline has passed. A worker waits for the lock up to `LOCK_WAIT_MS` (a holder's thread may
+//! be descheduled by a busy machine for milliseconds); one that still cannot get it creates
 //! nothing, and its take fails closed.
 
 /// The shared-data key of the creation lock (no slot's name ends in anything but digits).
 pub const CREATION_LOCK_NAME: &str = "meshguard.rl.create-lock";
 /// How long a holder may keep the lock before another worker may take it over.
 pub const LOCK_TTL_MS: u64 = 1_000;
-/// Tries at the lock while another worker holds it (for a few microseconds, normally).
-pub const LOCK_ATTEMPTS: usize = 64;
+/// How long a worker waits for a lock another worker holds (for microseconds, normally).
+pub const LOCK_WAIT_MS: u64 = 20;
+/// Tries at most, whatever the clock says (a clock that stands still ends the wait too).
+const MAX_TRIES: usize = 50_000;
 /// A VM's mark on the lock it holds, so that it lets go only of its own hold.
 pub const HOLDER_BYTES: usize = 8;
 
@@ -37,18 +40,19 @@ pub fn make_lock(raw: &mut impl RawShared) -> bool {
     raw.get(CREATION_LOCK_NAME).is_some() || raw.set(CREATION_LOCK_NAME, &[], None)
 }
 
-/// Makes sure slot `name` exists; `false` if it is still missing.
+/// Makes sure slot `name` exists; `false` if it is still missing. `clock` gives the time in ms.
 pub fn ensure_slot(
     raw: &mut impl RawShared,
     name: &str,
     holder: &[u8; HOLDER_BYTES],
-    now_ms: u64,
+    clock: &mut dyn FnMut() -> u64,
 ) -> bool {
-    if now_ms == 0 {
+    let start_ms = clock();
+    if start_ms == 0 {
         return false; // no clock: a hold would look expired to every other worker at once
     }
-    let mine = hold(now_ms.saturating_add(LOCK_TTL_MS), holder);
-    for _ in 0..LOCK_ATTEMPTS {
+    let mine = hold(start_ms.saturating_add(LOCK_TTL_MS), holder);
+    for _ in 0..MAX_TRIES {
         if raw.get(name).is_some() {
             return true;
         }
@@ -56,8 +60,14 @@ pub fn ensure_slot(
         let Some((lock, version)) = raw.get(CREATION_LOCK_NAME) else {
             return false;
         };
-        if held_until(&lock).is_some_and(|until| until > now_ms) {
-            continue;
+        if let Some(until_ms) = held_until(&lock) {
+            let now_ms = clock();
+            if until_ms > now_ms {
+                if now_ms.saturating_sub(start_ms) >= LOCK_WAIT_MS {
+                    return false;
+                }
+                continue;
+            }
         }
         if !raw.set(CREATION_LOCK_NAME, &mine, Some(version)) {
             continue;
@@ -172,14 +182,17 @@ mod tests {
     fn a_missing_slot_is_created_empty_and_the_lock_let_go() {
         let mut envoy = Envoy::default();
         assert!(make_lock(&mut envoy));
-        assert!(ensure_slot(&mut envoy, SLOT, &A, 1_000));
+        assert!(ensure_slot(&mut envoy, SLOT, &A, &mut || 1_000));
         assert_eq!(envoy.get(SLOT).map(|(v, _)| v), Some(Vec::new()));
         assert_eq!(
             envoy.get(CREATION_LOCK_NAME).map(|(v, _)| v),
             Some(Vec::new())
         );
         let before = envoy.next_version;
-        assert!(ensure_slot(&mut envoy, SLOT, &B, 1_000), "an existing slot");
+        assert!(
+            ensure_slot(&mut envoy, SLOT, &B, &mut || 1_000),
+            "an existing slot"
+        );
         assert_eq!(
             envoy.next_version, before,
             "nothing written for a slot that exists"
@@ -189,10 +202,10 @@ mod tests {
     #[test]
     fn without_the_lock_or_a_clock_nothing_is_created() {
         let mut envoy = Envoy::default();
-        assert!(!ensure_slot(&mut envoy, SLOT, &A, 1_000));
+        assert!(!ensure_slot(&mut envoy, SLOT, &A, &mut || 1_000));
         assert!(envoy.get(SLOT).is_none());
         make_lock(&mut envoy);
-        assert!(!ensure_slot(&mut envoy, SLOT, &A, 0));
+        assert!(!ensure_slot(&mut envoy, SLOT, &A, &mut || 0));
         assert!(envoy.get(SLOT).is_none());
     }
 
@@ -206,7 +219,7 @@ mod tests {
             let other_took = std::cell::Cell::new(false);
             let other = |envoy: &mut Envoy| {
                 // While this worker holds the lock, the other one creates nothing.
-                if ensure_slot(envoy, SLOT, &B, 1_000) {
+                if ensure_slot(envoy, SLOT, &B, &mut || 1_000) {
                     take(envoy, b'b');
                     other_took.set(true);
                 }
@@ -216,7 +229,10 @@ mod tests {
                 at,
                 interrupt: Some(other),
             };
-            assert!(ensure_slot(&mut worker, SLOT, &A, 1_000), "at call {at}");
+            assert!(
+                ensure_slot(&mut worker, SLOT, &A, &mut || 1_000),
+                "at call {at}"
+            );
             take(&mut envoy, b'a');
             let value = envoy.get(SLOT).map(|(v, _)| v).unwrap_or_default();
             assert_eq!(
@@ -249,22 +265,74 @@ mod tests {
         assert!(!envoy.get(SLOT).unwrap().0.contains(&b'b'));
     }
 
-    /// The interleaving no lock can fix by itself: both workers read the slot missing, then
-    /// both would write. Here the other worker arrives while this one holds the lock.
-    #[test]
-    fn a_worker_waits_for_the_holder_and_finds_the_slot_made() {
+    /// Shared data whose lock worker A holds until 2,000 ms (written by hand, as if A stopped
+    /// mid-creation).
+    fn held_by_a() -> Envoy {
         let mut envoy = Envoy::default();
         make_lock(&mut envoy);
-        // This worker holds the lock (written by hand, as if mid-creation).
-        let held = hold(1_000 + LOCK_TTL_MS, &A);
         let (_, version) = envoy.get(CREATION_LOCK_NAME).unwrap();
-        assert!(envoy.set(CREATION_LOCK_NAME, &held, Some(version)));
-        // The other worker spins and gives up: it creates nothing and fails closed.
-        assert!(!ensure_slot(&mut envoy, SLOT, &B, 1_001));
+        assert!(envoy.set(
+            CREATION_LOCK_NAME,
+            &hold(1_000 + LOCK_TTL_MS, &A),
+            Some(version)
+        ));
+        envoy
+    }
+
+    /// A worker that finds the lock held waits for it, up to `LOCK_WAIT_MS`, and then creates
+    /// nothing; a hold past its deadline is overtaken.
+    #[test]
+    fn a_worker_waits_for_a_held_lock_and_overtakes_an_expired_one() {
+        let mut envoy = held_by_a();
+        // B's clock moves 1 ms a call: it waits `LOCK_WAIT_MS` and gives up.
+        let mut now = 1_000;
+        let mut ticking = || {
+            now += 1;
+            now
+        };
+        assert!(!ensure_slot(&mut envoy, SLOT, &B, &mut ticking));
+        assert!(
+            (1_000 + LOCK_WAIT_MS..1_000 + LOCK_WAIT_MS + 5).contains(&now),
+            "{now}"
+        );
         assert!(envoy.get(SLOT).is_none());
-        // After the holder's deadline, its hold is overtaken.
-        assert!(ensure_slot(&mut envoy, SLOT, &B, 1_000 + LOCK_TTL_MS + 1));
+        // A clock that stands still ends the wait too.
+        assert!(!ensure_slot(&mut envoy, SLOT, &B, &mut || 1_001));
+        // Past A's deadline, B takes the lock over and creates the slot.
+        assert!(ensure_slot(&mut envoy, SLOT, &B, &mut || 1_000
+            + LOCK_TTL_MS
+            + 1));
         assert!(envoy.get(SLOT).is_some());
+        assert_eq!(
+            envoy.get(CREATION_LOCK_NAME).map(|(v, _)| v),
+            Some(Vec::new())
+        );
+    }
+
+    /// The holder's thread is descheduled for a while: the waiting worker, still within its
+    /// wait, finds the slot made once the holder has gone on.
+    #[test]
+    fn a_waiting_worker_finds_the_slot_the_holder_made() {
+        let mut envoy = held_by_a();
+        // A finishes (creates the slot, takes, lets go) while B waits, at B's fifth call.
+        let finish = |envoy: &mut Envoy| {
+            assert!(envoy.set(SLOT, &[], None));
+            take(envoy, b'a');
+            let (_, version) = envoy.get(CREATION_LOCK_NAME).unwrap();
+            assert!(envoy.set(CREATION_LOCK_NAME, &[], Some(version)));
+        };
+        let mut worker = Preempted {
+            envoy: &mut envoy,
+            at: 5,
+            interrupt: Some(finish),
+        };
+        let mut now = 1_000;
+        assert!(ensure_slot(&mut worker, SLOT, &B, &mut || {
+            now += 1;
+            now
+        }));
+        take(&mut envoy, b'b');
+        assert_eq!(envoy.get(SLOT).map(|(v, _)| v), Some(b"ab".to_vec()));
     }
 
     #[test]
@@ -281,7 +349,7 @@ mod tests {
             at: 4, // get slot, get lock, set lock, then before reading its hold back
             interrupt: Some(overtake),
         };
-        ensure_slot(&mut worker, SLOT, &A, 1_000);
+        ensure_slot(&mut worker, SLOT, &A, &mut || 1_000);
         let lock = envoy
             .get(CREATION_LOCK_NAME)
             .map(|(v, _)| v)
